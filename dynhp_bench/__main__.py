@@ -1,0 +1,3 @@
+from dynhp_bench.cli import main
+
+main()

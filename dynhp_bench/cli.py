@@ -1,0 +1,204 @@
+"""The `dynhp-bench` command line. Commands stay short; this is the one place errors become a line and an
+exit status (2 for anything a user can cause, 130 for an interrupt)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dynhp_bench import __version__
+from dynhp_bench.config import CHOICES, PROFILES, resolve_config
+from dynhp_bench.errors import DynhpError
+from dynhp_bench.metrics import EpochRecord, to_mb
+from dynhp_bench.train import DEVICES, Runtime, train
+
+app = typer.Typer(
+    name="dynhp-bench",
+    help="Train, sweep and benchmark neural networks under a memory budget with Dynamic Hard Pruning (DynHP).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out_console = Console()
+err_console = Console(stderr=True)
+
+AMBIGUITIES = "Choices the paper leaves open"
+
+
+def _choices(name: str) -> str:
+    return " | ".join(CHOICES[name])
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """dynhp-bench: reproduce, sweep and gate DynHP training runs."""
+    if version:
+        out_console.print(f"dynhp-bench {__version__}")
+        raise typer.Exit()
+
+
+@app.command("train")
+def train_command(
+    dataset: Annotated[str | None, typer.Option(help=f"{_choices('dataset')}", show_default="mnist")] = None,
+    strategy: Annotated[str | None, typer.Option(help=f"{_choices('strategy')}", show_default="dynhp")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()), show_default="quick"),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs", show_default="the profile's")] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Batch size (DynHP: the initial one)", show_default="the paper's best per dataset"),
+    ] = None,
+    lambda_: Annotated[
+        float | None, typer.Option("--lambda", help="L0 strength λ in (0, 1)", show_default="0.01")
+    ] = None,
+    gamma: Annotated[
+        float | None, typer.Option(help="HP/DynHP activation threshold γ in [0, 1]", show_default="0.5")
+    ] = None,
+    alpha_bs: Annotated[
+        float | None, typer.Option(help="DynHP smoothing α_bs in [0, 1]", show_default="0.972 mnist, 0.980 fashion")
+    ] = None,
+    budget_bytes: Annotated[
+        int | None, typer.Option(help="DynHP memory budget C in bytes", show_default="the best SP epoch's memory")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed", show_default="0")] = None,
+    subset: Annotated[int | None, typer.Option(help="Train on the first N training images only")] = None,
+    hidden: Annotated[str | None, typer.Option(help="Hidden layer widths", show_default="300,100")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file of settings (command-line options override it)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results root; the run lands in OUT/runs/RUN_ID/")] = Path("results"),
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
+    device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
+    force: Annotated[bool, typer.Option(help="Train again even if this run is already complete")] = False,
+    quiet: Annotated[bool, typer.Option(help="No per-epoch progress")] = False,
+    gate_draws: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('gate_draws')}: one gate draw per batch or per example",
+            show_default="batch",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+    growth_cadence: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_cadence')}: when Eq. 8 runs", show_default="epoch", rich_help_panel=AMBIGUITIES
+        ),
+    ] = None,
+    growth_rounding: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_rounding')}: Eq. 8's rounding", show_default="ceil", rich_help_panel=AMBIGUITIES
+        ),
+    ] = None,
+    lambda_scaling: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('lambda_scaling')}: L0 charge λ·out/N or λ·out",
+            show_default="divide_by_n",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+) -> None:
+    """Train one run and write its folder: config.json, epochs.csv, summary.json."""
+    cli_values: dict[str, Any] = {
+        "dataset": dataset, "strategy": strategy, "profile": profile, "epochs": epochs, "batch_size": batch_size,
+        "lam": lambda_, "gamma": gamma, "alpha_bs": alpha_bs, "budget_bytes": budget_bytes, "seed": seed,
+        "subset": subset, "hidden": hidden, "gate_draws": gate_draws, "growth_cadence": growth_cadence,
+        "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling,
+    }  # fmt: skip
+    settings = resolve_config(cli_values, settings_file=config)
+    runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
+    err_console.print(f"[bold]{settings.run_id}[/]  ({settings.profile} profile, {settings.epochs} epochs)")
+    with _EpochProgress(settings.epochs, enabled=not quiet) as progress:
+        result = train(settings, runtime, on_epoch=progress.update, force=force)
+    if result.skipped:
+        err_console.print(f"already complete: {result.run_dir} (pass --force to train it again)")
+    _print_summary(result.summary, result.run_dir)
+
+
+class _EpochProgress:
+    """A live bar on a terminal; one plain line per epoch elsewhere (logs, CI)."""
+
+    def __init__(self, epochs: int, *, enabled: bool) -> None:
+        self.epochs = epochs
+        self.enabled = enabled
+        self.live = enabled and err_console.is_terminal
+        self.progress = Progress(
+            TextColumn("epoch"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task("train", total=epochs, status="")
+
+    def __enter__(self) -> _EpochProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, record: EpochRecord) -> None:
+        status = (
+            f"error {record.test_error_pct:5.2f}%  batch {record.batch_size}  model {record.model_size_mb:.3f} MB  "
+            f"memory {record.memory_mb:.3f} MB  {record.wall_s:.1f} s/epoch"
+        )
+        if self.live:
+            self.progress.update(self.task, advance=1, status=status)
+        elif self.enabled:
+            err_console.print(f"epoch {record.epoch}/{self.epochs}  {status}", highlight=False)
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    table = Table(title=summary.get("run_id"), show_header=False)
+    rows = [
+        ("final error", f"{summary['final_error_pct']:.2f} %"),
+        ("best error", f"{summary['best_error_pct']:.2f} % (epoch {summary['best_epoch']})"),
+        ("model size", f"{summary['model_size_mb']:.3f} MB  ({summary['model_bytes']} bytes)"),
+        ("training memory", f"{summary['training_memory_mb']:.3f} MB over {summary['epochs']} epochs"),
+        ("batch size", f"{summary['batch_size_initial']} → {summary['batch_size_final']}"),
+        ("active neurons", " / ".join(str(a) for a in summary["active_final"])),
+        ("wall time", f"{summary['wall_s']:.1f} s"),
+        ("peak resident memory", f"{to_mb(summary['peak_rss_bytes']):.1f} MB"),
+        ("run folder", str(run_dir)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out_console.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning user errors into one line and exit status 2."""
+    try:
+        result = app(args=list(argv) if argv is not None else None, prog_name="dynhp-bench", standalone_mode=False)
+    except DynhpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except typer.TyperException as exc:  # the vendored click's usage errors (bad option, bad type)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except (KeyboardInterrupt, typer.Abort):
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,302 @@
+"""Every setting of a training run, validated on construction and resolved once.
+
+Resolution order, later wins: built-in defaults → the profile's values → a TOML settings file → the
+command line. Settings a strategy does not use are stored as ``None`` (so they never change a run id),
+and naming one explicitly for such a strategy is an error rather than silently ignored.
+
+The paper leaves three choices open; they are settings here with SPEC's defaults:
+
+* ``growth_cadence``: Eq. 8 applied once per ``epoch`` (default) or after every ``step``;
+* ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default) or down (``floor``);
+* ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
+  code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from dynhp_bench.errors import SettingsError
+from dynhp_bench.metrics import batch_bytes, layer_shapes, model_bytes
+from dynhp_bench.strategies import STRATEGIES
+
+DATASETS = ("mnist", "fashion")
+STRATEGY_KEYS = tuple(STRATEGIES)
+INPUT_PIXELS = 784
+N_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named set of defaults: how long to train and on how much data."""
+
+    name: str
+    epochs: int
+    subset: int | None
+    description: str
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", 2, 2000, "first 2,000 training images, 2 epochs: seconds, for tests and CI"),
+    "quick": Profile("quick", 20, None, "full datasets, 20 epochs: the whole reproduction in about an hour"),
+    "paper": Profile("paper", 2000, None, "the paper's settings: full datasets, 2,000 epochs"),
+}
+DEFAULT_PROFILE = "quick"
+
+# The paper's best configuration per dataset (Tables 2-3): SP/dense and HP batch sizes, DynHP's α_bs.
+DEFAULT_BATCH_SIZE: dict[tuple[str, str], int] = {
+    ("mnist", "dense"): 512,
+    ("mnist", "sp"): 512,
+    ("mnist", "hp"): 100,
+    ("mnist", "dynhp"): 16,
+    ("fashion", "dense"): 128,
+    ("fashion", "sp"): 128,
+    ("fashion", "hp"): 128,
+    ("fashion", "dynhp"): 16,
+}
+FALLBACK_BATCH_SIZE = 128
+DEFAULT_ALPHA_BS = {"mnist": 0.972, "fashion": 0.980}
+# SPEC §2: the default budget C is the per-epoch memory of the dataset's best SP configuration.
+BUDGET_SP_BATCH = {"mnist": 512, "fashion": 128}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "strategy": STRATEGY_KEYS,
+    "profile": tuple(PROFILES),
+    "gate_draws": ("batch", "example"),
+    "growth_cadence": ("epoch", "step"),
+    "growth_rounding": ("ceil", "floor"),
+    "lambda_scaling": ("divide_by_n", "none"),
+}
+_FIELD_DEFAULTS: dict[str, Any] = {
+    "lam": 0.01,
+    "gamma": 0.5,
+    "alpha_bs": None,  # dataset-dependent: DEFAULT_ALPHA_BS
+    "budget_bytes": None,  # dataset-dependent: default_budget_bytes
+    "gate_draws": "batch",
+    "growth_cadence": "epoch",
+    "growth_rounding": "ceil",
+    "lambda_scaling": "divide_by_n",
+}
+# Settings that only some strategies read (naming them for another strategy is an error).
+USED_BY: dict[str, tuple[str, ...]] = {
+    name: tuple(key for key, cls in STRATEGIES.items() if name in cls.settings) for name in _FIELD_DEFAULTS
+}
+# Names a user may write (CLI / TOML) for a field whose Python name differs.
+ALIASES = {"lambda": "lam"}
+
+
+def default_budget_bytes(dataset: str, hidden: tuple[int, ...]) -> int:
+    """SPEC's default memory budget C: full model bytes + the best SP batch of the dataset."""
+    return model_bytes(layer_shapes((INPUT_PIXELS, *hidden, N_CLASSES))) + batch_bytes(BUDGET_SP_BATCH[dataset])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved settings of one training run; together they determine the run id."""
+
+    dataset: str = "mnist"
+    strategy: str = "dynhp"
+    profile: str = DEFAULT_PROFILE
+    epochs: int = PROFILES[DEFAULT_PROFILE].epochs
+    batch_size: int = 16
+    seed: int = 0
+    subset: int | None = None
+    hidden: tuple[int, ...] = (300, 100)
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    lam: float | None = _FIELD_DEFAULTS["lam"]
+    gamma: float | None = _FIELD_DEFAULTS["gamma"]
+    alpha_bs: float | None = _FIELD_DEFAULTS["alpha_bs"]
+    budget_bytes: int | None = _FIELD_DEFAULTS["budget_bytes"]
+    drop_rate_input: float = 0.2
+    drop_rate_hidden: float = 0.5
+    gate_draws: str | None = _FIELD_DEFAULTS["gate_draws"]
+    growth_cadence: str | None = _FIELD_DEFAULTS["growth_cadence"]
+    growth_rounding: str | None = _FIELD_DEFAULTS["growth_rounding"]
+    lambda_scaling: str | None = _FIELD_DEFAULTS["lambda_scaling"]
+
+    def __post_init__(self) -> None:
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise SettingsError(f"{_flag(name)}={value!r} is not known; expected one of {', '.join(allowed)}")
+        # Unused settings are None; used ones left None take their defaults (dataset-dependent for DynHP).
+        for name, used_by in USED_BY.items():
+            if self.strategy not in used_by:
+                object.__setattr__(self, name, None)
+            elif getattr(self, name) is None:
+                object.__setattr__(self, name, _FIELD_DEFAULTS.get(name))
+        if self.strategy == "dynhp":
+            if self.alpha_bs is None:
+                object.__setattr__(self, "alpha_bs", DEFAULT_ALPHA_BS[self.dataset])
+            if self.budget_bytes is None and _is_hidden(self.hidden):
+                object.__setattr__(self, "budget_bytes", default_budget_bytes(self.dataset, self.hidden))
+        _check_int("epochs", self.epochs, low=1)
+        _check_int("batch_size", self.batch_size, low=1)
+        _check_int("seed", self.seed, low=0)
+        if self.subset is not None:
+            _check_int("subset", self.subset, low=1)
+        if not _is_hidden(self.hidden):
+            raise SettingsError(f"hidden={list(self.hidden)!r} is not valid; expected two positive layer widths")
+        _check_open("lr", self.lr, 0.0, math.inf)
+        _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
+        _check_open("drop_rate_input", self.drop_rate_input, 0.0, 1.0)
+        _check_open("drop_rate_hidden", self.drop_rate_hidden, 0.0, 1.0)
+        if self.lam is not None:
+            _check_open("lam", self.lam, 0.0, 1.0)
+        if self.gamma is not None:
+            _check_range("gamma", self.gamma, 0.0, 1.0)
+        if self.alpha_bs is not None:
+            _check_range("alpha_bs", self.alpha_bs, 0.0, 1.0)
+        if self.budget_bytes is not None:
+            _check_int("budget_bytes", self.budget_bytes, low=1)
+            network = model_bytes(self.shapes)
+            needed = network + batch_bytes(self.batch_size)
+            if self.budget_bytes < needed:
+                raise SettingsError(
+                    f"--budget-bytes={self.budget_bytes} is smaller than the network ({network} bytes) plus its "
+                    f"first batch of {self.batch_size} ({batch_bytes(self.batch_size)} bytes); "
+                    f"expected at least {needed}"
+                )
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of each Linear layer of the full network."""
+        return layer_shapes((INPUT_PIXELS, *self.hidden, N_CLASSES))
+
+    @property
+    def gated(self) -> bool:
+        """Whether the network carries hard-concrete gates (every strategy but `dense`)."""
+        return STRATEGIES[self.strategy].uses_gates
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready values (``lam`` is written ``lambda``)."""
+        data = asdict(self)
+        data["hidden"] = list(self.hidden)
+        data["lambda"] = data.pop("lam")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Rebuild from `to_dict` output (as stored in a run's config.json)."""
+        values = {ALIASES.get(k, k): v for k, v in data.items()}
+        if "hidden" in values:
+            values["hidden"] = tuple(values["hidden"])
+        return cls(**values)
+
+    @property
+    def run_id(self) -> str:
+        """A readable, stable id: the key settings, then a hash of all of them."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        parts = [self.dataset, self.strategy, f"b{self.batch_size}"]
+        if self.alpha_bs is not None:
+            parts.append(f"a{self.alpha_bs:g}")
+        parts += [f"e{self.epochs}", f"s{self.seed}", digest]
+        return "-".join(parts)
+
+
+def resolve_config(cli: Mapping[str, Any], *, settings_file: Path | None = None) -> TrainConfig:
+    """Resolve a TrainConfig: defaults, then profile, then `settings_file` (TOML), then `cli`.
+
+    `cli` holds only what the user gave (``None`` values are treated as not given).
+    """
+    given: dict[str, Any] = {}
+    if settings_file is not None:
+        given.update(_read_settings_file(settings_file))
+    given.update({ALIASES.get(k, k): v for k, v in cli.items() if v is not None})
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise SettingsError(f"unknown setting {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
+
+    dataset = given.get("dataset", TrainConfig.dataset)
+    strategy = given.get("strategy", TrainConfig.strategy)
+    profile_name = given.get("profile", DEFAULT_PROFILE)
+    for name, value in (("dataset", dataset), ("strategy", strategy), ("profile", profile_name)):
+        if value not in CHOICES[name]:
+            raise SettingsError(f"{_flag(name)}={value!r} is not known; expected one of {', '.join(CHOICES[name])}")
+    profile = PROFILES[profile_name]
+
+    for name, used_by in USED_BY.items():
+        if name in given and strategy not in used_by:
+            raise SettingsError(
+                f"{_flag(name)}={given[name]!r} does not apply to strategy {strategy!r}; "
+                f"it is used by {', '.join(used_by)}"
+            )
+    values: dict[str, Any] = {
+        "epochs": profile.epochs,
+        "subset": profile.subset,
+        "batch_size": DEFAULT_BATCH_SIZE.get((dataset, strategy), FALLBACK_BATCH_SIZE),
+        **given,
+        "dataset": dataset,
+        "strategy": strategy,
+        "profile": profile_name,
+    }
+    if "hidden" in values:
+        values["hidden"] = _as_hidden(values["hidden"])
+    try:
+        return TrainConfig(**values)
+    except TypeError as exc:  # a value of the wrong type from a settings file
+        raise SettingsError(f"settings could not be read: {exc}") from None
+
+
+def _read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise SettingsError(f"settings file {str(path)!r} does not exist; expected a TOML file") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"settings file {str(path)!r} is not valid TOML: {exc}") from None
+    table = data.get("train", data)
+    if not isinstance(table, dict):
+        raise SettingsError(f"settings file {str(path)!r}: [train] must be a table of settings")
+    return {ALIASES.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in table.items()}
+
+
+def _is_hidden(value: Any) -> bool:
+    return (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in value)
+    )
+
+
+def _as_hidden(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        try:
+            return tuple(int(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise SettingsError(f"--hidden={value!r} is not valid; expected two widths like 300,100") from None
+    return tuple(value)
+
+
+def _flag(name: str) -> str:
+    return "--" + {"lam": "lambda"}.get(name, name).replace("_", "-")
+
+
+def _check_int(name: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise SettingsError(f"{_flag(name)}={value!r} is not valid; expected an integer ≥ {low}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> None:
+    if not _is_number(value) or not low <= value <= high:
+        raise SettingsError(f"{_flag(name)}={value!r} is outside [{low:g}, {high:g}]; expected a number in it")
+
+
+def _check_open(name: str, value: Any, low: float, high: float) -> None:
+    if not _is_number(value) or not low < value < high:
+        raise SettingsError(f"{_flag(name)}={value!r} is outside ({low:g}, {high:g}); expected a number in it")

@@ -1,0 +1,163 @@
+"""Datasets as in-memory tensors, read through torchvision's `MNIST` / `FashionMNIST` classes.
+
+The data root is `--data-dir`, else the environment variable `DYNHP_DATA`, else a per-user cache folder.
+Under it torchvision's layout is expected (`MNIST/raw/*-ubyte`, `FashionMNIST/raw/*-ubyte`). A missing
+dataset is downloaded when the network allows; otherwise one error names the folder and the files.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision import datasets as tv_datasets
+
+from dynhp_bench.errors import DataError
+
+DATA_ENV = "DYNHP_DATA"
+RAW_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+TORCHVISION_CLASSES: dict[str, type[tv_datasets.MNIST]] = {
+    "mnist": tv_datasets.MNIST,
+    "fashion": tv_datasets.FashionMNIST,
+}
+DOWNLOAD_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test sets as float32 pixels in [0, 1], flattened to rows, and int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def n_train(self) -> int:
+        """Number of training examples."""
+        return int(self.train_x.shape[0])
+
+    @property
+    def n_test(self) -> int:
+        """Number of test examples."""
+        return int(self.test_x.shape[0])
+
+
+def resolve_data_dir(data_dir: Path | None) -> Path:
+    """The data root: the argument, else `$DYNHP_DATA`, else `$XDG_CACHE_HOME/dynhp-bench/data`."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "dynhp-bench" / "data"
+
+
+def raw_folder(root: Path, name: str) -> Path:
+    """Where torchvision keeps the raw IDX files of dataset `name` under `root`."""
+    return root / TORCHVISION_CLASSES[name].__name__ / "raw"
+
+
+def load_dataset(name: str, root: Path, *, subset: int | None = None, download: bool = True) -> Dataset:
+    """Load dataset `name` (``mnist`` or ``fashion``) under `root` into memory, once.
+
+    `subset` keeps the first N training images (the test set is always whole).
+    """
+    if name not in TORCHVISION_CLASSES:
+        raise DataError(f"dataset {name!r} is not known; expected one of {', '.join(TORCHVISION_CLASSES)}")
+    folder = raw_folder(root, name)
+    missing = [f for f in RAW_FILES if not (folder / f).is_file()]
+    if missing:
+        if not download:
+            raise DataError(_missing_message(name, folder, missing, "downloading is off"))
+        _download(name, root, folder, missing)
+    cls = TORCHVISION_CLASSES[name]
+    try:
+        train = cls(str(root), train=True, download=False)
+        test = cls(str(root), train=False, download=False)
+        train_x, train_y = train.data, train.targets
+        test_x, test_y = test.data, test.targets
+    except Exception as exc:  # torchvision raises several types for a truncated or foreign IDX file
+        raise DataError(
+            f"dataset files in {folder} could not be read ({exc}); expected the IDX files "
+            f"{', '.join(RAW_FILES)} as published"
+        ) from None
+    if subset is not None:
+        if subset > train_x.shape[0]:
+            raise DataError(f"--subset={subset} is larger than the {train_x.shape[0]} training images of {name}")
+        train_x, train_y = train_x[:subset], train_y[:subset]
+    return Dataset(
+        name=name,
+        train_x=_as_rows(train_x),
+        train_y=train_y.to(torch.int64).contiguous(),
+        test_x=_as_rows(test_x),
+        test_y=test_y.to(torch.int64).contiguous(),
+    )
+
+
+def _as_rows(images: torch.Tensor) -> torch.Tensor:
+    return images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0).contiguous()
+
+
+def _download(name: str, root: Path, folder: Path, missing: list[str]) -> None:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        TORCHVISION_CLASSES[name](str(root), train=True, download=True)
+    except Exception as exc:  # no network, a mirror down, a read-only folder: all end the same way for a user
+        raise DataError(_missing_message(name, folder, missing, f"download failed: {_one_line(exc)}")) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _one_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's text on one line; for torchvision's download errors, the last reason given."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if "error" in line.lower() and not line.lower().startswith("error downloading")]
+    text = (reasons[-1] if reasons else " ".join(lines)) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _missing_message(name: str, folder: Path, missing: list[str], why: str) -> str:
+    which = "" if len(missing) == len(RAW_FILES) else f" (missing: {', '.join(missing)})"
+    return (
+        f"dataset {name!r} is missing from {folder} ({why}); expected the files {', '.join(RAW_FILES)} there"
+        f"{which}; pass --data-dir or set {DATA_ENV}"
+    )
+
+
+def write_idx(path: Path, values: torch.Tensor) -> None:
+    """Write a uint8 tensor as an uncompressed IDX file (the format torchvision reads), for tests."""
+    data = values.to(torch.uint8).contiguous()
+    header = struct.pack(">HBB", 0, 0x08, data.dim()) + struct.pack(f">{data.dim()}I", *data.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(header + data.numpy().tobytes())
+
+
+def write_synthetic_dataset(root: Path, name: str, *, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Write a small learnable dataset in torchvision's layout under `root`; returns its raw folder.
+
+    Each class lights a different band of rows of the 28×28 image, plus noise, so a few epochs of
+    training separate the classes.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    folder = raw_folder(root, name)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = torch.randint(0, 10, (n,), generator=generator)
+        images = torch.randint(0, 60, (n, 28, 28), generator=generator)
+        for k in range(10):
+            rows = slice(2 * k + 4, 2 * k + 6)
+            images[labels == k, rows, 4:24] += 180
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images.clamp(0, 255))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels)
+    return folder

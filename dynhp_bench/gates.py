@@ -1,0 +1,184 @@
+"""L0 hard-concrete gates (Louizos, Welling & Kingma 2018), the gated MLP, and physical unit removal.
+
+Every Linear layer carries one gate per *input* neuron (784 pixels, then the hidden units); the 10
+outputs are never gated. Constants, sampling, P(z≠0), the deterministic evaluation gate, the
+initialisation and the penalty follow SPEC §1, i.e. the published L0 code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from dynhp_bench.variance import GradientTap
+
+BETA = 2.0 / 3.0
+GAMMA_HC = -0.1
+ZETA = 1.1
+EPS = 1e-6
+LOG_ALPHA_MIN = math.log(0.01)
+LOG_ALPHA_MAX = math.log(100.0)
+# P(z≠0) = sigmoid(log α − β·log(−γ_hc/ζ)); −β·log(−γ_hc/ζ) = β·ln 11.
+P_NONZERO_SHIFT = -BETA * math.log(-GAMMA_HC / ZETA)
+
+
+def prob_nonzero(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z_j ≠ 0) of each gate: the expected L0 norm contribution."""
+    return torch.sigmoid(log_alpha + P_NONZERO_SHIFT)
+
+
+def sample_gates(log_alpha: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Hard-concrete draw from uniform `noise` u (shape (n,) or (batch, n)), u already in [ε, 1−ε]."""
+    s = torch.sigmoid((torch.log(noise) - torch.log1p(-noise) + log_alpha) / BETA)
+    return (s * (ZETA - GAMMA_HC) + GAMMA_HC).clamp_(0.0, 1.0)
+
+
+def eval_gates(log_alpha: torch.Tensor) -> torch.Tensor:
+    """The deterministic (not binary) evaluation gate: clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1)."""
+    return (torch.sigmoid(log_alpha) * (ZETA - GAMMA_HC) + GAMMA_HC).clamp(0.0, 1.0)
+
+
+def uniform_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """u ~ U(ε, 1−ε) of the given shape."""
+    u = torch.rand(*shape, generator=generator, device=device)
+    return u.mul_(1.0 - 2.0 * EPS).add_(EPS)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One tensor's slice after units were removed: keep `index` along `dim` (apply it to Adam's moments too)."""
+
+    param: nn.Parameter
+    dim: int
+    index: torch.Tensor
+
+
+class GatedMLP(nn.Module):
+    """A ReLU MLP whose Linear layers each gate their inputs with hard-concrete gates.
+
+    `weights[l]` has shape (out, in), `biases[l]` (out,), `log_alphas[l]` (in,). With ``gated=False`` it
+    is a plain MLP (the `dense` strategy): no gates and no penalty.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        *,
+        gated: bool = True,
+        drop_rates: Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.gated = gated
+        shapes = [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.log_alphas = nn.ParameterList()
+        rates = list(drop_rates) if drop_rates is not None else [0.2] + [0.5] * (len(shapes) - 1)
+        for (n_in, n_out), rate in zip(shapes, rates, strict=True):
+            # The published L0 code: He-normal weights (fan = inputs), biases N(0, 0.01²).
+            weight = torch.randn(n_out, n_in, generator=generator) * math.sqrt(2.0 / n_in)
+            bias = torch.randn(n_out, generator=generator) * 1e-2
+            self.weights.append(nn.Parameter(weight))
+            self.biases.append(nn.Parameter(bias))
+            if gated:
+                mean = math.log((1.0 - rate) / rate)
+                self.log_alphas.append(nn.Parameter(mean + 1e-2 * torch.randn(n_in, generator=generator)))
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """(in, out) of each layer as the network is now."""
+        return [(int(w.shape[1]), int(w.shape[0])) for w in self.weights]
+
+    @property
+    def n_layers(self) -> int:
+        """Number of Linear layers."""
+        return len(self.weights)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Weights and biases (what the paper's model bytes count), without the gates."""
+        return [*self.weights, *self.biases]
+
+    def forward(
+        self, x: torch.Tensor, gates: Sequence[torch.Tensor] | None = None, *, hooks: GradientTap | None = None
+    ) -> torch.Tensor:
+        """Logits for rows `x`; each layer's input is multiplied by `gates[l]` when given.
+
+        `hooks`, when given, sees each layer's (gated) input and the gradient of its output.
+        """
+        last = self.n_layers - 1
+        for layer, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if gates is not None:
+                x = x * gates[layer]
+            y = F.linear(x, weight, bias)
+            if hooks is not None:
+                hooks.watch(x, y)
+            x = F.relu(y) if layer < last else y
+        return x
+
+    def sample(self, batch: int | None, generator: torch.Generator | None) -> list[torch.Tensor]:
+        """One training draw of every layer's gates: shape (in,) shared by the batch, or (batch, in)."""
+        device = self.weights[0].device
+        out = []
+        for log_alpha in self.log_alphas:
+            shape = (log_alpha.shape[0],) if batch is None else (batch, log_alpha.shape[0])
+            out.append(sample_gates(log_alpha, uniform_noise(shape, generator, device)))
+        return out
+
+    def deterministic_gates(self) -> list[torch.Tensor] | None:
+        """The evaluation gates of every layer (None for an ungated network)."""
+        return [eval_gates(a) for a in self.log_alphas] if self.gated else None
+
+    def penalty(self, *, lam: float, weight_decay: float, n_train: int, divide_by_n: bool = True) -> torch.Tensor:
+        """The expected L0 + L2 penalty of SPEC §1.
+
+        Gate j of a layer with `out` outputs costs P(z_j≠0)·(λ·out/N + ½·wd·‖W_j‖²), W_j being the
+        weights leaving input j; biases cost ½·wd·‖b‖². With ``divide_by_n=False`` the L0 charge is
+        λ·out (the unscaled form of Eq. 1); the λ/N scaling lives here and only here.
+        """
+        scale = lam / n_train if divide_by_n else lam
+        total = torch.zeros((), device=self.weights[0].device)
+        for weight, bias, log_alpha in zip(self.weights, self.biases, self.log_alphas, strict=True):
+            per_input = scale * weight.shape[0] + 0.5 * weight_decay * weight.square().sum(0)
+            total = total + (prob_nonzero(log_alpha) * per_input).sum() + 0.5 * weight_decay * bias.square().sum()
+        return total
+
+    @torch.no_grad()
+    def clamp_log_alphas(self) -> None:
+        """Keep log α in [ln 0.01, ln 100] (after every optimiser step)."""
+        for log_alpha in self.log_alphas:
+            log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+    @torch.no_grad()
+    def remove_units(self, keep: Sequence[torch.Tensor]) -> list[Removal]:
+        """Physically remove the input neurons of each gated layer where `keep[l]` is False.
+
+        Removing input j of layer l drops column j of W_l and gate j of layer l; for a hidden neuron
+        (l > 0) also row j of W_{l−1} and entry j of b_{l−1}. The same Parameter objects are kept (only
+        their data shrinks), so an optimiser still holds them; the returned removals say how to slice
+        its per-parameter state the same way.
+        """
+        if len(keep) != self.n_layers:
+            raise ValueError(f"expected {self.n_layers} keep masks, got {len(keep)}")
+        removals: list[Removal] = []
+        for layer, mask in enumerate(keep):
+            if bool(mask.all()):
+                continue
+            index = mask.nonzero().squeeze(1).to(self.weights[layer].device)
+            removals.append(Removal(self.weights[layer], 1, index))
+            if self.gated:
+                removals.append(Removal(self.log_alphas[layer], 0, index))
+            if layer > 0:
+                removals.append(Removal(self.weights[layer - 1], 0, index))
+                removals.append(Removal(self.biases[layer - 1], 0, index))
+        for removal in removals:
+            removal.param.data = removal.param.data.index_select(removal.dim, removal.index).contiguous()
+            removal.param.grad = None
+        return removals

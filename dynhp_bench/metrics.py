@@ -1,0 +1,144 @@
+"""The paper's memory metric, the full training footprint and the per-epoch record.
+
+Everything here is a pure function of layer shapes and batch sizes, so the paper's own numbers can be
+checked by hand (see tests/test_metrics.py):
+
+* model bytes = 4 · (weights + biases of the network as it is in that epoch); gate parameters are not
+  counted (they are bookkeeping of the method, not of the trained model);
+* batch bytes = 4 · b · 784, the full input row, labels not counted;
+* "MB" = bytes / 1024 / 1000 (the paper's unit; it reproduces its 1.041 for the full MLP);
+* training memory "MB" = Σ over epochs of the per-epoch memory, / 1000.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+BYTES_PER_FLOAT = 4
+INPUT_PIXELS = 784
+BATCH_BYTES_PER_SAMPLE = BYTES_PER_FLOAT * INPUT_PIXELS
+
+LayerShape = tuple[int, int]
+"""(in_features, out_features) of one Linear layer."""
+
+
+def layer_shapes(sizes: Sequence[int]) -> list[LayerShape]:
+    """The (in, out) shape of each Linear layer of an MLP with these layer widths."""
+    return [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
+
+
+def weight_count(shapes: Sequence[LayerShape]) -> int:
+    """Weights plus biases of the layers."""
+    return sum(n_in * n_out + n_out for n_in, n_out in shapes)
+
+
+def model_bytes(shapes: Sequence[LayerShape]) -> int:
+    """The paper's model bytes: 4 · (weights + biases); gates are not counted."""
+    return BYTES_PER_FLOAT * weight_count(shapes)
+
+
+def batch_bytes(batch_size: int) -> int:
+    """The paper's batch bytes: 4 · b · 784 (the full input row, whatever the pruned input width)."""
+    return batch_size * BATCH_BYTES_PER_SAMPLE
+
+
+def to_mb(n_bytes: float) -> float:
+    """The paper's "MB": bytes / 1024 / 1000."""
+    return n_bytes / 1024 / 1000
+
+
+def memory_mb(model_bytes_: int, batch_bytes_: int) -> float:
+    """Per-epoch memory occupation (MO) in the paper's MB."""
+    return to_mb(model_bytes_ + batch_bytes_)
+
+
+def training_memory_mb(per_epoch_memory_mb: Sequence[float]) -> float:
+    """The paper's training memory (Tables 2-3): the sum of per-epoch memory over all epochs, / 1000."""
+    return sum(per_epoch_memory_mb) / 1000
+
+
+def batch_cap(budget_bytes: int, model_bytes_: int) -> int:
+    """Eq. 9-10: the largest batch the memory left by the model holds, ⌊(C − N_i) / (4·784)⌋."""
+    return max(0, (budget_bytes - model_bytes_) // BATCH_BYTES_PER_SAMPLE)
+
+
+def trainable_parameters(shapes: Sequence[LayerShape], *, gated: bool) -> int:
+    """Trainable parameters including the gates' log α (one per input neuron of each layer)."""
+    return weight_count(shapes) + (sum(n_in for n_in, _ in shapes) if gated else 0)
+
+
+def footprint_bytes(shapes: Sequence[LayerShape], batch_size: int, *, gated: bool) -> int:
+    """What training really holds, which the paper's metric leaves out.
+
+    Parameters (gates included) four times over (values, gradients, Adam's two moments), the activations
+    autograd keeps for the backward pass (each layer's input and output, plus the gated input when gated),
+    and the batch as it is fed (pruned input width) with its int64 labels.
+    """
+    params = trainable_parameters(shapes, gated=gated)
+    per_sample_activations = sum((2 * n_in if gated else n_in) + n_out for n_in, n_out in shapes)
+    batch = batch_size * (shapes[0][0] * BYTES_PER_FLOAT + 8)
+    return BYTES_PER_FLOAT * (4 * params + batch_size * per_sample_activations) + batch
+
+
+def epoch_flops(shapes: Sequence[LayerShape], n_samples: int) -> int:
+    """Forward + backward FLOPs of one epoch: 6 · multiply-adds per sample (2 forward, 4 backward)."""
+    return 6 * n_samples * sum(n_in * n_out for n_in, n_out in shapes)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory as the platform reports it (0 where it reports none)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One row of `epochs.csv`; the field names are the CSV columns, in this order.
+
+    `active_k` counts the neurons physically held by gated layer k (its inputs: 784 pixels, then the
+    hidden units); `expected_active_k` is Σ_j a_j, the epoch's activation rates summed (SP's "virtual"
+    neurons of Figure 1). Batch, model and memory columns describe the network as it was trained in
+    this epoch, before the pruning at its end.
+    """
+
+    epoch: int
+    strategy: str
+    dataset: str
+    seed: int
+    batch_size: int
+    train_loss: float
+    train_penalty: float
+    test_error_pct: float
+    active_0: int
+    active_1: int
+    active_2: int
+    expected_active_0: float
+    expected_active_1: float
+    expected_active_2: float
+    model_bytes: int
+    batch_bytes: int
+    memory_mb: float
+    model_size_mb: float
+    trainable_params: int
+    footprint_bytes: int
+    variance_ratio: float
+    batch_cap: int | None
+    steps: int
+    wall_s: float
+    peak_rss_bytes: int
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The CSV header."""
+        return [f.name for f in fields(cls)]
+
+    def row(self) -> list[object]:
+        """The CSV row, in `columns()` order."""
+        return [getattr(self, name) for name in self.columns()]
+
+
+TIMING_COLUMNS = ("wall_s", "peak_rss_bytes")
+"""Columns that vary between two identical runs (everything else is reproducible for a seed)."""

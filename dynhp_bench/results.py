@@ -1,0 +1,133 @@
+"""Run folders: `<results>/runs/<run_id>/` with config.json, epochs.csv, summary.json and a marker.
+
+* `config.json`: every resolved setting, the runtime (device, threads, data folder) and versions;
+* `epochs.csv`: one row per epoch, appended and flushed as each epoch ends (a crash keeps what ended);
+* `summary.json`: the run's headline numbers, written when it ends;
+* `COMPLETE`: written last; a folder without it is an unfinished run, never read as a result.
+
+JSON files are written atomically (temporary file, fsync, rename), so no reader sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from dynhp_bench.errors import ResultsError
+from dynhp_bench.metrics import EpochRecord
+
+RUNS_DIR = "runs"
+CONFIG_FILE = "config.json"
+EPOCHS_FILE = "epochs.csv"
+SUMMARY_FILE = "summary.json"
+COMPLETE_MARKER = "COMPLETE"
+
+
+def run_path(results_root: Path, run_id: str) -> Path:
+    """The folder of run `run_id` under a results root."""
+    return Path(results_root) / RUNS_DIR / run_id
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to `path` through a temporary file in the same folder, fsynced, then renamed."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2, sort_keys=True, allow_nan=True)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file written by this module; a missing or broken one is a ResultsError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"cannot read {path}: {exc}") from None
+
+
+class RunFolder:
+    """One run's folder: created by `start`, grown by `append_epoch`, closed by `finish`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def is_complete(self) -> bool:
+        """Whether the run finished (its completion marker exists)."""
+        return (self.path / COMPLETE_MARKER).is_file()
+
+    def start(self, config_document: dict[str, Any]) -> None:
+        """Create the folder afresh: earlier files of an unfinished run are removed first."""
+        try:
+            if self.path.exists():
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True)
+        except OSError as exc:
+            raise ResultsError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
+        write_json_atomic(self.path / CONFIG_FILE, config_document)
+        self._write_csv_row(EpochRecord.columns(), mode="w")
+
+    def append_epoch(self, record: EpochRecord) -> None:
+        """Append one epoch's row to epochs.csv and flush it to disk."""
+        self._write_csv_row(record.row(), mode="a")
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write summary.json, then the completion marker (last, so its presence means all is there)."""
+        write_json_atomic(self.path / SUMMARY_FILE, summary)
+        try:
+            (self.path / COMPLETE_MARKER).write_text("complete\n", encoding="utf-8")
+        except OSError as exc:
+            raise ResultsError(f"cannot write {self.path / COMPLETE_MARKER}: {exc.strerror or exc}") from None
+
+    def read_config(self) -> dict[str, Any]:
+        """The run's config.json."""
+        return read_json(self.path / CONFIG_FILE)
+
+    def read_summary(self) -> dict[str, Any]:
+        """The run's summary.json."""
+        return read_json(self.path / SUMMARY_FILE)
+
+    def read_epochs(self) -> pd.DataFrame:
+        """The run's epochs.csv as a DataFrame."""
+        try:
+            return pd.read_csv(self.path / EPOCHS_FILE)
+        except (OSError, ValueError) as exc:
+            raise ResultsError(f"cannot read {self.path / EPOCHS_FILE}: {exc}") from None
+
+    def _write_csv_row(self, row: list[object], *, mode: str) -> None:
+        target = self.path / EPOCHS_FILE
+        try:
+            with target.open(mode, newline="", encoding="utf-8") as handle:
+                csv.writer(handle).writerow(["" if v is None else v for v in row])
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            raise ResultsError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def complete_runs(results_root: Path) -> Iterator[RunFolder]:
+    """Every finished run under a results root, in name order."""
+    runs = Path(results_root) / RUNS_DIR
+    if runs.is_dir():
+        for path in sorted(p for p in runs.iterdir() if p.is_dir()):
+            folder = RunFolder(path)
+            if folder.is_complete:
+                yield folder

@@ -1,0 +1,342 @@
+"""The only training loop. It owns the data, the optimiser, the run folder and the logging; the strategy
+(`strategies.py`) decides what to prune and how the batch size moves, and this module acts on it.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from dynhp_bench import __version__
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
+from dynhp_bench.errors import SettingsError
+from dynhp_bench.gates import GatedMLP
+from dynhp_bench.metrics import (
+    EpochRecord,
+    batch_bytes,
+    footprint_bytes,
+    memory_mb,
+    model_bytes,
+    peak_rss_bytes,
+    to_mb,
+    trainable_parameters,
+    training_memory_mb,
+)
+from dynhp_bench.results import RunFolder, run_path
+from dynhp_bench.strategies import STRATEGIES, GrowthStats, MemoryState, Strategy
+from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
+
+DEVICES = ("auto", "cpu", "cuda")
+EVAL_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a run executes; none of it changes the results' identity (the run id)."""
+
+    data_dir: Path | None = None
+    results_root: Path = Path("results")
+    threads: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise SettingsError(f"--device={self.device!r} is not known; expected one of {', '.join(DEVICES)}")
+        if self.threads is not None and self.threads < 1:
+            raise SettingsError(f"--threads={self.threads} is not valid; expected an integer ≥ 1")
+
+    def torch_device(self) -> torch.device:
+        """The torch device: `auto` is CUDA when available, else the CPU."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise SettingsError("--device=cuda but no CUDA device is available; expected --device cpu or auto")
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+@dataclass
+class RunResult:
+    """What `train` returns: the run folder, its summary and (unless skipped) its epoch records."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    records: list[EpochRecord] = field(default_factory=list)
+    skipped: bool = False
+
+
+EpochCallback = Callable[[EpochRecord], None]
+
+
+@dataclass
+class StepTotals:
+    """Sums over one epoch's training steps (device tensors, read once at the epoch's end)."""
+
+    loss_sum: torch.Tensor
+    penalty_sum: torch.Tensor
+    ratio_sum: torch.Tensor
+    counts: list[torch.Tensor]
+    draws: int = 0
+    steps: int = 0
+    largest_batch: int = 0
+
+
+class Trainer:
+    """One run's state: the network, Adam, the data as currently fed (pruned input columns), the batch size."""
+
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.strategy: Strategy = STRATEGIES[config.strategy](config)
+        self.cpu_generator = torch.Generator().manual_seed(config.seed)
+        self.device_generator = (
+            self.cpu_generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(config.seed)
+        )
+        sizes = [config.shapes[0][0]] + [n_out for _, n_out in config.shapes]
+        self.net = GatedMLP(
+            sizes,
+            gated=self.strategy.uses_gates,
+            drop_rates=[config.drop_rate_input] + [config.drop_rate_hidden] * (len(sizes) - 2),
+            generator=self.cpu_generator,
+        ).to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.train_x = data.train_x.to(device)
+        self.train_y = data.train_y.to(device)
+        self.test_x = data.test_x.to(device)
+        self.test_y = data.test_y.to(device)
+        self.n_train = data.n_train
+        self.input_index = torch.arange(self.train_x.shape[1])
+        self.batch_size = config.batch_size
+        self.tap = GradientTap()
+
+    def run_epoch(self, epoch: int, *, last: bool) -> EpochRecord:
+        """Train one epoch, evaluate, let the strategy prune and resize; return the epoch's record."""
+        started = time.perf_counter()
+        shapes = self.net.shapes
+        totals = self._train_steps(epoch)
+        steps = totals.steps
+        rates = [c / max(totals.draws, 1) for c in totals.counts] if self.net.gated else None
+        error_pct = self.test_error_pct()
+
+        pruned = False
+        if not last and rates is not None and self.strategy.removes_physically():
+            pruned = self._remove(self.strategy.units_to_remove(self.net, rates))
+        model_bytes_after = model_bytes(self.net.shapes) if pruned else model_bytes(shapes)
+        memory = MemoryState(self.config.budget_bytes, model_bytes_after)
+        mean_ratio = float(totals.ratio_sum / steps) if self.strategy.needs_gradient_variance else math.nan
+        epoch_batch = totals.largest_batch
+        if self.config.growth_cadence != "step":
+            self.batch_size = self.strategy.next_batch_size(self.batch_size, GrowthStats(epoch, mean_ratio), memory)
+
+        epoch_model_bytes = model_bytes(shapes)
+        epoch_batch_bytes = batch_bytes(epoch_batch)
+        active = [n_in for n_in, _ in shapes]
+        expected = [float(r.sum()) for r in rates] if rates is not None else [float(a) for a in active]
+        return EpochRecord(
+            epoch=epoch,
+            strategy=self.config.strategy,
+            dataset=self.config.dataset,
+            seed=self.config.seed,
+            batch_size=epoch_batch,
+            train_loss=float(totals.loss_sum / steps),
+            train_penalty=float(totals.penalty_sum / steps),
+            test_error_pct=error_pct,
+            active_0=active[0],
+            active_1=active[1],
+            active_2=active[2],
+            expected_active_0=expected[0],
+            expected_active_1=expected[1],
+            expected_active_2=expected[2],
+            model_bytes=epoch_model_bytes,
+            batch_bytes=epoch_batch_bytes,
+            memory_mb=memory_mb(epoch_model_bytes, epoch_batch_bytes),
+            model_size_mb=to_mb(epoch_model_bytes),
+            trainable_params=trainable_parameters(shapes, gated=self.net.gated),
+            footprint_bytes=footprint_bytes(shapes, epoch_batch, gated=self.net.gated),
+            variance_ratio=mean_ratio,
+            batch_cap=memory.cap,
+            steps=steps,
+            wall_s=time.perf_counter() - started,
+            peak_rss_bytes=peak_rss_bytes(),
+        )
+
+    def _train_steps(self, epoch: int) -> StepTotals:
+        config, net, device = self.config, self.net, self.device
+        gated = net.gated
+        per_example = config.gate_draws == "example"
+        track_variance = self.strategy.needs_gradient_variance
+        step_growth = track_variance and config.growth_cadence == "step"
+        lam = config.lam or 0.0
+        divide_by_n = config.lambda_scaling == "divide_by_n"
+        n = self.train_x.shape[0]
+        perm = torch.randperm(n, generator=self.cpu_generator).to(device)
+        zero = torch.zeros((), device=device)
+        totals = StepTotals(
+            zero.clone(), zero.clone(), zero.clone(), [torch.zeros(a.shape[0], device=device) for a in net.log_alphas]
+        )
+        start = 0
+        net.train()
+        while start < n:
+            index = perm[start : start + self.batch_size]
+            start += self.batch_size
+            totals.largest_batch = max(totals.largest_batch, self.batch_size)
+            rows = index.shape[0]
+            xb = self.train_x.index_select(0, index)
+            yb = self.train_y.index_select(0, index)
+            gates = net.sample(rows if per_example else None, self.device_generator) if gated else None
+            if gates is not None:
+                for count, z in zip(totals.counts, gates, strict=True):
+                    count += (z > 0).sum(0) if per_example else (z > 0)
+                totals.draws += rows if per_example else 1
+            if track_variance:
+                self.tap.reset(device)
+            logits = net(xb, gates, hooks=self.tap if track_variance else None)
+            data_loss = F.cross_entropy(logits, yb)
+            penalty = (
+                net.penalty(lam=lam, weight_decay=config.weight_decay, n_train=self.n_train, divide_by_n=divide_by_n)
+                if gated
+                else zero
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            if track_variance:
+                # Two backward passes: the weights' gradients after the first are the data loss's alone (ḡ).
+                data_loss.backward()
+                mean_grad_sq = squared_norm(p.grad for p in net.weight_parameters() if p.grad is not None)
+                ratio = variance_l1(self.tap.total, mean_grad_sq, rows) / data_loss.detach()
+                totals.ratio_sum += ratio
+                penalty.backward()
+            else:
+                (data_loss + penalty).backward()
+            self.optimizer.step()
+            if gated:
+                net.clamp_log_alphas()
+            totals.loss_sum += data_loss.detach()
+            totals.penalty_sum += penalty.detach()
+            totals.steps += 1
+            if step_growth:
+                memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))
+                self.batch_size = self.strategy.next_batch_size(
+                    self.batch_size, GrowthStats(epoch, float(ratio)), memory
+                )
+        return totals
+
+    @torch.no_grad()
+    def test_error_pct(self) -> float:
+        """Misclassification error (%) on the test set with deterministic gates."""
+        self.net.eval()
+        gates = self.net.deterministic_gates()
+        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
+        for start in range(0, self.test_x.shape[0], EVAL_CHUNK):
+            logits = self.net(self.test_x[start : start + EVAL_CHUNK], gates)
+            wrong += (logits.argmax(1) != self.test_y[start : start + EVAL_CHUNK]).sum()
+        return 100.0 * float(wrong) / self.test_x.shape[0]
+
+    def _remove(self, remove_masks: list[torch.Tensor]) -> bool:
+        keep = [~mask.to(torch.bool) for mask in remove_masks]
+        if all(bool(k.all()) for k in keep):
+            return False
+        removals = self.net.remove_units(keep)
+        for removal in removals:
+            state = self.optimizer.state.get(removal.param, {})
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() == removal.param.dim():
+                    state[key] = value.index_select(removal.dim, removal.index).contiguous()
+        if not bool(keep[0].all()):
+            columns = keep[0].nonzero().squeeze(1).to(self.device)
+            self.train_x = self.train_x.index_select(1, columns).contiguous()
+            self.test_x = self.test_x.index_select(1, columns).contiguous()
+            self.input_index = self.input_index[keep[0].cpu()]
+        return True
+
+
+def config_document(config: TrainConfig, runtime: Runtime, device: torch.device, data_root: Path) -> dict[str, Any]:
+    """What config.json holds: the run id, every resolved setting, the runtime and versions."""
+    return {
+        "run_id": config.run_id,
+        "settings": config.to_dict(),
+        "runtime": {
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "data_dir": str(data_root),
+        },
+        "versions": {
+            "dynhp_bench": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+        },
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def summarize(config: TrainConfig, records: list[EpochRecord], *, n_train: int, wall_s: float) -> dict[str, Any]:
+    """The per-run summary (summary.json)."""
+    final = records[-1]
+    best = min(records, key=lambda r: r.test_error_pct)
+    return {
+        "run_id": config.run_id,
+        "status": "complete",
+        "strategy": config.strategy,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "profile": config.profile,
+        "epochs": len(records),
+        "n_train": n_train,
+        "final_error_pct": final.test_error_pct,
+        "best_error_pct": best.test_error_pct,
+        "best_epoch": best.epoch,
+        "model_bytes": final.model_bytes,
+        "model_size_mb": final.model_size_mb,
+        "training_memory_mb": training_memory_mb([r.memory_mb for r in records]),
+        "mean_memory_mb": sum(r.memory_mb for r in records) / len(records),
+        "batch_size_initial": records[0].batch_size,
+        "batch_size_final": final.batch_size,
+        "active_final": [final.active_0, final.active_1, final.active_2],
+        "settings": config.to_dict(),
+        "wall_s": wall_s,
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+
+
+def train(
+    config: TrainConfig,
+    runtime: Runtime | None = None,
+    *,
+    on_epoch: EpochCallback | None = None,
+    force: bool = False,
+) -> RunResult:
+    """Train one run to completion and write its folder; a run already complete is skipped unless `force`."""
+    runtime = runtime or Runtime()
+    folder = RunFolder(run_path(runtime.results_root, config.run_id))
+    if folder.is_complete and not force:
+        return RunResult(folder.path, folder.read_summary(), skipped=True)
+    device = runtime.torch_device()
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+    data_root = resolve_data_dir(runtime.data_dir)
+    data = load_dataset(config.dataset, data_root, subset=config.subset)
+    trainer = Trainer(config, data, device)
+    folder.start(config_document(config, runtime, device, data_root))
+    started = time.perf_counter()
+    records: list[EpochRecord] = []
+    for epoch in range(1, config.epochs + 1):
+        record = trainer.run_epoch(epoch, last=epoch == config.epochs)
+        folder.append_epoch(record)
+        records.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    summary = summarize(config, records, n_train=data.n_train, wall_s=time.perf_counter() - started)
+    folder.finish(summary)
+    return RunResult(folder.path, summary, records)

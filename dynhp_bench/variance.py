@@ -1,0 +1,53 @@
+"""The gradient-variance statistic of DynHP's batch growth (Eq. 8), after Balles, Romero & Hennig 2017.
+
+S = (1/B)·Σ_i g_i² − ḡ² per parameter (the form of their published code), where g_i is example i's
+gradient of its own data loss and ḡ their mean; ‖S‖₁ sums it over all weights and biases. Gate
+parameters are left out: they are the method's bookkeeping, and their per-example gradients do not
+factor through a layer's input and output gradient.
+
+Only ‖S‖₁ is needed, and for a Linear layer Σ over its entries of Σ_i g_i² is Σ_i ‖B·δ_i‖²·‖a_i‖² for
+the weights (g_i = B·δ_i a_iᵀ is rank one) and Σ_i ‖B·δ_i‖² for the bias, with δ_i the gradient of
+the mean-reduced loss w.r.t. the layer output and a_i the (gated) layer input. Hence
+
+    ‖S‖₁ = B·Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1) − ‖ḡ‖²,
+
+costing O(B·(in + out)) per layer on top of the usual backward pass, with no loop over examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+class GradientTap:
+    """Collects Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1) over the layers it watches during one forward/backward."""
+
+    def __init__(self) -> None:
+        self.total = torch.zeros(())
+
+    def reset(self, device: torch.device) -> None:
+        """Start a new step."""
+        self.total = torch.zeros((), device=device)
+
+    def watch(self, layer_input: torch.Tensor, layer_output: torch.Tensor) -> None:
+        """Remember ‖a_i‖² + 1 for each example and hook the gradient of the layer's output."""
+        if not layer_output.requires_grad:
+            return
+        input_sq = layer_input.detach().square().sum(1) + 1.0
+
+        def hook(grad: torch.Tensor) -> None:
+            self.total = self.total + (grad.square().sum(1) * input_sq).sum()
+
+        layer_output.register_hook(hook)
+
+
+def squared_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Σ of squared entries over tensors (‖ḡ‖² for the mean data-loss gradient)."""
+    return torch.stack([g.square().sum() for g in grads]).sum()
+
+
+def variance_l1(tap_total: torch.Tensor, mean_grad_sq: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """‖S‖₁ = B·(tap total) − ‖ḡ‖², clamped at 0 against rounding."""
+    return (batch_size * tap_total - mean_grad_sq).clamp_min(0.0)
