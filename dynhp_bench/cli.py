@@ -36,14 +36,19 @@ def _choices(name: str) -> str:
     return " | ".join(CHOICES[name])
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    """dynhp-bench: reproduce, sweep and gate DynHP training runs."""
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         out_console.print(f"dynhp-bench {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
+) -> None:
+    """dynhp-bench: reproduce, sweep and gate DynHP training runs."""
 
 
 @app.command("train")

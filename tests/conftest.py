@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny synthetic datasets in torchvision's layout, and the real data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dynhp_bench.data import RAW_FILES, raw_folder, write_synthetic_dataset
+
+SYNTHETIC_TRAIN = 512
+SYNTHETIC_TEST = 256
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding small learnable MNIST and Fashion-MNIST look-alikes as IDX files."""
+    root = tmp_path_factory.mktemp("data")
+    for seed, name in enumerate(("mnist", "fashion")):
+        write_synthetic_dataset(root, name, n_train=SYNTHETIC_TRAIN, n_test=SYNTHETIC_TEST, seed=seed)
+    return root
+
+
+def _real_root() -> Path | None:
+    candidates = [os.environ.get("DYNHP_DATA"), str(Path(__file__).resolve().parents[2] / "shared" / "data")]
+    for candidate in candidates:
+        if candidate and all((raw_folder(Path(candidate), "mnist") / f).is_file() for f in RAW_FILES):
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    """The real datasets (DYNHP_DATA, else ../shared/data); tests using it skip when neither has MNIST."""
+    root = _real_root()
+    if root is None:
+        pytest.skip("real MNIST not found: set DYNHP_DATA to a folder with MNIST/raw/*-ubyte (see README)")
+    return root

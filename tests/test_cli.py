@@ -1,0 +1,88 @@
+"""The command line: a real training through `main`, and user errors as one line with exit status 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dynhp_bench.cli import main
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    captured = capsys.readouterr()
+    return int(info.value.code or 0), captured.out, captured.err
+
+
+def test_train_writes_a_run_folder_and_prints_a_summary(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(
+        ["train", "--strategy", "dynhp", "--profile", "smoke", "--subset", "256", "--data-dir", str(synthetic_root),
+         "--out", str(tmp_path), "--threads", "1"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "COMPLETE").is_file()
+    assert "epoch 2/2" in err  # one line per epoch when not on a terminal
+    assert "final error" in out and str(runs[0].name) in out
+    settings = json.loads((runs[0] / "config.json").read_text())["settings"]
+    assert (settings["profile"], settings["epochs"], settings["subset"], settings["batch_size"]) == (
+        "smoke",
+        2,
+        256,
+        16,
+    )
+    code, _, err = _run(["train", "--strategy", "dynhp", "--profile", "smoke", "--subset", "256", "--data-dir",
+                         str(synthetic_root), "--out", str(tmp_path)], capsys)  # fmt: skip
+    assert code == 0 and "already complete" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["train", "--lambda", "1.5"], "--lambda=1.5"),
+        (["train", "--alpha-bs", "2"], "--alpha-bs=2.0"),
+        (["train", "--dataset", "cifar10"], "--dataset='cifar10'"),
+        (["train", "--strategy", "sp", "--alpha-bs", "0.97"], "does not apply to strategy 'sp'"),
+        (["train", "--epochs", "ten"], "--epochs"),
+        (["train", "--budget-bytes", "1000"], "--budget-bytes=1000"),
+        (["train", "--no-such-option"], "--no-such-option"),
+        (["train", "--device", "tpu"], "--device='tpu'"),
+        (["train", "--threads", "0"], "--threads=0"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    argv: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run([*argv, "--out", str(tmp_path)], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "runs").exists(), "nothing is written for a bad invocation"
+
+
+def test_a_missing_data_folder_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    empty.chmod(0o500)  # read-only: torchvision cannot even try to write a download there
+    try:
+        code, _, err = _run(["train", "--profile", "smoke", "--data-dir", str(empty), "--out", str(tmp_path)], capsys)
+    finally:
+        empty.chmod(0o700)
+    assert code == 2
+    line = next(x for x in err.splitlines() if x.startswith("error:"))
+    assert str(empty / "MNIST" / "raw") in line and "train-images-idx3-ubyte" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["--version"], capsys)
+    assert code == 0 and out.startswith("dynhp-bench ")
+    code, out, _ = _run(["train", "--help"], capsys)
+    assert code == 0 and "--alpha-bs" in out and "--budget-bytes" in out

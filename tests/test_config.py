@@ -1,0 +1,84 @@
+"""Settings: resolution order, validation messages, and the run id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dynhp_bench.config import TrainConfig, default_budget_bytes, resolve_config
+from dynhp_bench.errors import SettingsError
+
+
+def test_resolution_order_is_defaults_profile_file_cli(tmp_path: Path) -> None:
+    assert resolve_config({}).epochs == 20  # quick profile by default
+    assert resolve_config({"profile": "smoke"}).epochs == 2
+    assert resolve_config({"profile": "smoke"}).subset == 2000
+    settings = tmp_path / "run.toml"
+    settings.write_text('[train]\nprofile = "paper"\nepochs = 7\nbatch-size = 32\nstrategy = "hp"\n')
+    from_file = resolve_config({}, settings_file=settings)
+    assert (from_file.epochs, from_file.batch_size, from_file.strategy, from_file.subset) == (7, 32, "hp", None)
+    overridden = resolve_config({"epochs": 3, "batch_size": None}, settings_file=settings)
+    assert (overridden.epochs, overridden.batch_size) == (3, 32)
+
+
+def test_defaults_follow_the_papers_best_configurations() -> None:
+    assert resolve_config({"strategy": "sp"}).batch_size == 512
+    assert resolve_config({"strategy": "hp"}).batch_size == 100
+    assert resolve_config({"strategy": "sp", "dataset": "fashion"}).batch_size == 128
+    dynhp = resolve_config({"strategy": "dynhp", "dataset": "fashion"})
+    assert (dynhp.batch_size, dynhp.alpha_bs, dynhp.lam, dynhp.gamma) == (16, 0.98, 0.01, 0.5)
+
+
+def test_default_budget_is_the_best_sp_epoch_memory() -> None:
+    assert default_budget_bytes("mnist", (300, 100)) == 1_066_440 + 512 * 3136
+    assert default_budget_bytes("fashion", (300, 100)) == 1_066_440 + 128 * 3136
+    assert resolve_config({"strategy": "dynhp"}).budget_bytes == 1_066_440 + 512 * 3136
+
+
+@pytest.mark.parametrize(
+    ("given", "fragment"),
+    [
+        ({"lam": 1.5}, "--lambda=1.5 is outside (0, 1)"),
+        ({"lam": 0.0}, "--lambda=0.0 is outside (0, 1)"),
+        ({"alpha_bs": -0.1}, "--alpha-bs=-0.1 is outside [0, 1]"),
+        ({"gamma": 2}, "--gamma=2 is outside [0, 1]"),
+        ({"dataset": "cifar"}, "--dataset='cifar' is not known; expected one of mnist, fashion"),
+        ({"strategy": "magic"}, "--strategy='magic' is not known"),
+        ({"profile": "long"}, "--profile='long' is not known"),
+        ({"epochs": 0}, "--epochs=0 is not valid"),
+        ({"batch_size": -3}, "--batch-size=-3 is not valid"),
+        ({"strategy": "sp", "alpha_bs": 0.97}, "--alpha-bs=0.97 does not apply to strategy 'sp'"),
+        ({"strategy": "dense", "lambda": 0.1}, "--lambda=0.1 does not apply to strategy 'dense'"),
+        ({"strategy": "dynhp", "budget_bytes": 1_000_000}, "smaller than the network (1066440 bytes)"),
+        ({"hidden": "300"}, "expected two positive layer widths"),
+        ({"growth_rounding": "round"}, "--growth-rounding='round' is not known; expected one of ceil, floor"),
+        ({"nonsense": 1}, "unknown setting 'nonsense'"),
+    ],
+)
+def test_bad_settings_name_the_value_and_what_is_expected(given: dict[str, object], fragment: str) -> None:
+    with pytest.raises(SettingsError, match=None) as info:
+        resolve_config(given)
+    assert fragment in str(info.value)
+
+
+def test_a_broken_settings_file_is_a_settings_error(tmp_path: Path) -> None:
+    broken = tmp_path / "bad.toml"
+    broken.write_text("epochs = [")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        resolve_config({}, settings_file=broken)
+    with pytest.raises(SettingsError, match="does not exist"):
+        resolve_config({}, settings_file=tmp_path / "missing.toml")
+
+
+def test_run_id_is_stable_readable_and_changes_with_any_setting() -> None:
+    a = resolve_config({"strategy": "dynhp", "alpha_bs": 0.973, "seed": 1})
+    assert a.run_id == resolve_config({"strategy": "dynhp", "alpha_bs": 0.973, "seed": 1}).run_id
+    assert a.run_id.startswith("mnist-dynhp-b16-a0.973-e20-s1-")
+    assert a.run_id != resolve_config({"strategy": "dynhp", "alpha_bs": 0.973, "seed": 1, "gamma": 0.4}).run_id
+
+
+def test_config_round_trips_through_its_dict() -> None:
+    config = resolve_config({"strategy": "dynhp", "hidden": "50,20", "growth_cadence": "step"})
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["lambda"] == 0.01

@@ -1,0 +1,70 @@
+"""Datasets load through torchvision's real loaders into scaled tensors; missing or broken files are one error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynhp_bench import data as data_module
+from dynhp_bench.data import RAW_FILES, load_dataset, raw_folder, resolve_data_dir, write_synthetic_dataset
+from dynhp_bench.errors import DataError
+from tests.conftest import SYNTHETIC_TEST, SYNTHETIC_TRAIN
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion"])
+def test_synthetic_idx_files_load_through_torchvision(synthetic_root: Path, name: str) -> None:
+    data = load_dataset(name, synthetic_root, download=False)
+    assert data.train_x.shape == (SYNTHETIC_TRAIN, 784) and data.test_x.shape == (SYNTHETIC_TEST, 784)
+    assert data.train_x.dtype == torch.float32 and data.train_y.dtype == torch.int64
+    assert float(data.train_x.min()) >= 0.0 and float(data.train_x.max()) <= 1.0
+    assert set(data.train_y.tolist()) <= set(range(10))
+
+
+def test_pixels_are_scaled_by_255(tmp_path: Path) -> None:
+    folder = write_synthetic_dataset(tmp_path, "mnist", n_train=4, n_test=2)
+    raw = (folder / "train-images-idx3-ubyte").read_bytes()[16:]
+    data = load_dataset("mnist", tmp_path, download=False)
+    assert data.train_x[0, :5].tolist() == pytest.approx([b / 255 for b in raw[:5]])
+
+
+def test_subset_keeps_the_first_n_training_images(synthetic_root: Path) -> None:
+    full = load_dataset("mnist", synthetic_root, download=False)
+    part = load_dataset("mnist", synthetic_root, subset=100, download=False)
+    assert torch.equal(part.train_x, full.train_x[:100]) and part.n_test == full.n_test
+    with pytest.raises(DataError, match="--subset=9999 is larger than the 512 training images"):
+        load_dataset("mnist", synthetic_root, subset=9999, download=False)
+
+
+def test_missing_data_offline_names_the_folder_and_the_four_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("Error downloading x:\nTried https://example/, got:\n<urlopen error no network>\n")
+
+    monkeypatch.setattr(data_module.TORCHVISION_CLASSES["fashion"], "download", no_network)
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion", tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(raw_folder(tmp_path, "fashion")) in message
+    assert all(f in message for f in RAW_FILES)
+    assert "urlopen error no network" in message
+
+
+def test_truncated_file_is_a_data_error_naming_the_folder(tmp_path: Path) -> None:
+    folder = write_synthetic_dataset(tmp_path, "mnist", n_train=8, n_test=4)
+    images = folder / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:100])
+    with pytest.raises(DataError, match=str(folder)):
+        load_dataset("mnist", tmp_path, download=False)
+
+
+def test_data_root_is_argument_then_environment_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DYNHP_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+    assert resolve_data_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("DYNHP_DATA")
+    assert resolve_data_dir(None) == tmp_path / "cache" / "dynhp-bench" / "data"

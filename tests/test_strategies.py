@@ -1,0 +1,87 @@
+"""Every registered strategy honours the base-class contract; Eq. 7, 8 and 10 by hand."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+
+import pytest
+import torch
+
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.gates import GatedMLP
+from dynhp_bench.metrics import batch_cap
+from dynhp_bench.strategies import STRATEGIES, GrowthStats, MemoryState, Strategy
+
+
+@pytest.mark.parametrize("key", list(STRATEGIES))
+def test_every_registered_strategy_honours_the_contract(key: str) -> None:
+    cls = STRATEGIES[key]
+    assert issubclass(cls, Strategy)
+    assert cls.key == key
+    assert set(cls.settings) <= {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(strategy=key, batch_size=16)
+    strategy = cls(config)
+    net = GatedMLP((784, 300, 100, 10), gated=cls.uses_gates)
+    rates = [torch.linspace(0, 1, n_in) for n_in, _ in net.shapes]
+    masks = strategy.units_to_remove(net, rates)
+    assert [m.dtype for m in masks] == [torch.bool] * 3
+    assert [m.shape for m in masks] == [r.shape for r in rates]
+    assert isinstance(strategy.removes_physically(), bool)
+    if not strategy.removes_physically():
+        assert not any(bool(m.any()) for m in masks), "a strategy that keeps memory constant removes nothing"
+    stats = GrowthStats(epoch=1, variance_ratio=100.0 if cls.needs_gradient_variance else math.nan)
+    memory = MemoryState(config.budget_bytes, 1_066_440)
+    new_batch = strategy.next_batch_size(16, stats, memory)
+    assert isinstance(new_batch, int) and new_batch >= 16
+    if memory.cap is not None:
+        assert new_batch <= memory.cap
+    # Settings a strategy does not read are stored as None, so they never change its run id.
+    for name in ("lam", "gamma", "alpha_bs", "budget_bytes"):
+        assert (getattr(config, name) is not None) == (name in cls.settings)
+
+
+def test_hard_pruning_removes_exactly_the_rates_below_gamma() -> None:
+    strategy = STRATEGIES["hp"](TrainConfig(strategy="hp", gamma=0.5))
+    rates = [torch.tensor([0.0, 0.49, 0.5, 0.51, 1.0])]
+    assert strategy.units_to_remove(GatedMLP((5, 2)), rates)[0].tolist() == [True, True, False, False, False]
+
+
+def test_soft_pruning_and_hard_pruning_keep_the_batch_size() -> None:
+    for key in ("dense", "sp", "hp"):
+        strategy = STRATEGIES[key](TrainConfig(strategy=key))
+        assert strategy.next_batch_size(100, GrowthStats(1, 1e9), MemoryState(None, 10)) == 100
+
+
+@pytest.mark.parametrize(
+    ("alpha", "ratio", "rounding", "expected"),
+    [
+        (0.972, 100.0, "ceil", 16 + 3),  # (1-0.972)·100 = 2.8 → ⌈2.8⌉ = 3
+        (0.972, 100.0, "floor", 16 + 2),
+        (0.75, 4.0, "ceil", 16 + 1),  # exactly 1: ceil adds nothing extra
+        (0.75, 4.0, "floor", 16 + 1),
+        (0.5, 0.0, "ceil", 16),
+        (1.0, 1e6, "ceil", 16),
+    ],
+)
+def test_dynhp_growth_follows_eq_8(alpha: float, ratio: float, rounding: str, expected: int) -> None:
+    config = TrainConfig(strategy="dynhp", alpha_bs=alpha, growth_rounding=rounding)
+    assert STRATEGIES["dynhp"](config).next_batch_size(16, GrowthStats(1, ratio), MemoryState(None, 0)) == expected
+
+
+def test_dynhp_growth_is_capped_by_eq_10() -> None:
+    config = TrainConfig(strategy="dynhp", alpha_bs=0.5)
+    model = 1_066_440
+    memory = MemoryState(config.budget_bytes, model)
+    assert config.budget_bytes is not None
+    cap = batch_cap(config.budget_bytes, model)
+    assert cap == 512
+    strategy = STRATEGIES["dynhp"](config)
+    assert strategy.next_batch_size(500, GrowthStats(1, 1000.0), memory) == 512
+    # Pruning frees memory: the cap rises by one sample per 3,136 bytes freed.
+    assert strategy.next_batch_size(500, GrowthStats(1, 1000.0), MemoryState(config.budget_bytes, model - 31360)) == 522
+
+
+def test_dynhp_ignores_a_non_finite_ratio() -> None:
+    strategy = STRATEGIES["dynhp"](TrainConfig(strategy="dynhp"))
+    assert strategy.next_batch_size(16, GrowthStats(1, math.nan), MemoryState(None, 0)) == 16

@@ -1,0 +1,158 @@
+"""The training loop end to end on tiny synthetic data: determinism, run folders, pruning, batch growth."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.data import load_dataset
+from dynhp_bench.metrics import BATCH_BYTES_PER_SAMPLE, TIMING_COLUMNS, EpochRecord, model_bytes
+from dynhp_bench.results import COMPLETE_MARKER, RunFolder
+from dynhp_bench.train import Runtime, Trainer, train
+
+
+def _runtime(root: Path, results: Path) -> Runtime:
+    return Runtime(data_dir=root, results_root=results, threads=1, device="cpu")
+
+
+def _epochs(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "epochs.csv")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(strategy="hp", epochs=3, batch_size=32, gamma=0.84),
+        TrainConfig(strategy="dynhp", epochs=3, batch_size=16, gamma=0.84, alpha_bs=0.9),
+    ],
+    ids=["hp", "dynhp"],
+)
+def test_same_seed_same_machine_gives_identical_epochs_csv(
+    synthetic_root: Path, tmp_path: Path, config: TrainConfig
+) -> None:
+    first = train(config, _runtime(synthetic_root, tmp_path / "a")).run_dir
+    second = train(config, _runtime(synthetic_root, tmp_path / "b")).run_dir
+    a, b = _epochs(first).drop(columns=list(TIMING_COLUMNS)), _epochs(second).drop(columns=list(TIMING_COLUMNS))
+    pd.testing.assert_frame_equal(a, b)
+    assert a["active_1"].iloc[-1] < 300, "the comparison should cover at least one pruning step"
+    other_seed = train(TrainConfig(**{**config.__dict__, "seed": 1}), _runtime(synthetic_root, tmp_path / "c"))
+    assert not _epochs(other_seed.run_dir)["train_loss"].equals(_epochs(first)["train_loss"])
+
+
+def test_run_folder_holds_config_epochs_summary_and_marker(synthetic_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(strategy="sp", epochs=2, batch_size=64)
+    result = train(config, _runtime(synthetic_root, tmp_path))
+    run_dir = result.run_dir
+    assert run_dir == tmp_path / "runs" / config.run_id
+    assert (run_dir / COMPLETE_MARKER).is_file()
+    document = json.loads((run_dir / "config.json").read_text())
+    assert TrainConfig.from_dict(document["settings"]) == config
+    assert {"torch", "torchvision", "python", "dynhp_bench"} <= set(document["versions"])
+    epochs = _epochs(run_dir)
+    assert list(epochs.columns) == EpochRecord.columns()
+    assert epochs["epoch"].tolist() == [1, 2]
+    assert (epochs["model_bytes"] == 1_066_440).all() and (epochs["batch_bytes"] == 64 * 3136).all()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in ("final_error_pct", "best_error_pct", "model_size_mb", "training_memory_mb", "epochs", "strategy",
+                "dataset", "seed"):  # fmt: skip
+        assert key in summary
+    assert summary["training_memory_mb"] == pytest.approx(epochs["memory_mb"].sum() / 1000)
+    assert summary["final_error_pct"] == epochs["test_error_pct"].iloc[-1]
+    assert summary["model_size_mb"] == pytest.approx(1_066_440 / 1024 / 1000)
+
+
+def test_training_learns_the_synthetic_task(synthetic_root: Path, tmp_path: Path) -> None:
+    result = train(TrainConfig(strategy="dense", epochs=4, batch_size=32), _runtime(synthetic_root, tmp_path))
+    losses = [r.train_loss for r in result.records]
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.5 * losses[0]
+    assert result.records[-1].test_error_pct < 20.0
+    assert [r.expected_active_1 for r in result.records] == [300.0] * 4
+
+
+def test_hard_pruning_shrinks_every_tensor_and_never_grows(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, download=False)
+    trainer = Trainer(TrainConfig(strategy="hp", epochs=5, batch_size=32, gamma=0.84), data, torch.device("cpu"))
+    shapes, kept_pixels = [], []
+    for epoch in range(1, 5):
+        record = trainer.run_epoch(epoch, last=False)
+        assert record.model_bytes == model_bytes(shapes[-1] if shapes else [(784, 300), (300, 100), (100, 10)])
+        shapes.append(trainer.net.shapes)
+        kept_pixels.append(set(trainer.input_index.tolist()))
+        for param in trainer.net.parameters():
+            state = trainer.optimizer.state[param]
+            assert state["exp_avg"].shape == param.shape and state["exp_avg_sq"].shape == param.shape
+        assert trainer.train_x.shape[1] == trainer.net.shapes[0][0] == trainer.test_x.shape[1]
+    widths = [[s[0] for s in layer] + [layer[-1][1]] for layer in shapes]
+    for before, after in itertools.pairwise(widths):
+        assert all(b >= a for b, a in zip(before, after, strict=True))
+    assert widths[-1][1] < 300 and widths[-1][2] < 100
+    for before, after in itertools.pairwise(kept_pixels):
+        assert after <= before, "a removed input pixel came back"
+
+
+def test_pruning_keeps_adam_moments_of_surviving_weights(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, download=False)
+    # γ = 0 removes nothing by itself, so the removal below is the only one.
+    trainer = Trainer(TrainConfig(strategy="hp", epochs=2, batch_size=64, gamma=0.0), data, torch.device("cpu"))
+    trainer.run_epoch(1, last=False)
+    w1 = trainer.net.weights[1]
+    before = trainer.optimizer.state[w1]["exp_avg"].clone()
+    remove = [
+        torch.zeros(784, dtype=torch.bool),
+        torch.zeros(300, dtype=torch.bool),
+        torch.zeros(100, dtype=torch.bool),
+    ]
+    remove[1][::3] = True  # hidden-1 neurons: columns of W_1, rows of W_0
+    remove[2][:10] = True  # hidden-2 neurons: columns of W_2, rows of W_1
+    assert trainer._remove(remove)
+    expected = before[10:][:, ~remove[1]]
+    assert torch.equal(trainer.optimizer.state[w1]["exp_avg"], expected)
+    trainer.run_epoch(2, last=True)  # Adam keeps stepping on the sliced state
+
+
+def test_dynhp_batch_never_exceeds_its_cap_nor_memory_its_budget(synthetic_root: Path, tmp_path: Path) -> None:
+    budget = 1_066_440 + 40 * BATCH_BYTES_PER_SAMPLE
+    config = TrainConfig(strategy="dynhp", epochs=5, batch_size=16, alpha_bs=0.0, budget_bytes=budget, gamma=0.84)
+    records = train(config, _runtime(synthetic_root, tmp_path)).records
+    sizes = [r.batch_size for r in records]
+    assert sizes[0] == 16 and sizes == sorted(sizes) and max(sizes) > 16
+    for previous, record in itertools.pairwise(records):
+        assert previous.batch_cap is not None and record.batch_size <= previous.batch_cap
+    assert all(r.model_bytes + r.batch_bytes <= budget for r in records)
+
+
+def test_dynhp_batch_stops_at_the_cap_when_nothing_is_pruned(synthetic_root: Path, tmp_path: Path) -> None:
+    budget = 1_066_440 + 20 * BATCH_BYTES_PER_SAMPLE
+    config = TrainConfig(strategy="dynhp", epochs=4, batch_size=16, alpha_bs=0.0, budget_bytes=budget, gamma=0.0)
+    records = train(config, _runtime(synthetic_root, tmp_path)).records
+    assert [r.batch_size for r in records] == [16, 20, 20, 20]
+    assert [r.batch_cap for r in records] == [20, 20, 20, 20]
+
+
+def test_step_cadence_grows_the_batch_within_an_epoch(synthetic_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(strategy="dynhp", epochs=1, batch_size=4, alpha_bs=0.5, growth_cadence="step")
+    record = train(config, _runtime(synthetic_root, tmp_path)).records[0]
+    assert record.batch_size > 4
+    assert record.steps < 512 // 4
+
+
+def test_per_example_gate_draws_count_every_draw(synthetic_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(strategy="sp", epochs=1, batch_size=64, gate_draws="example")
+    record = train(config, _runtime(synthetic_root, tmp_path)).records[0]
+    assert 0 < record.expected_active_1 < 300
+
+
+def test_a_complete_run_is_skipped_unless_forced(synthetic_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(strategy="sp", epochs=1, batch_size=128)
+    first = train(config, _runtime(synthetic_root, tmp_path))
+    again = train(config, _runtime(synthetic_root, tmp_path))
+    assert again.skipped and again.summary == first.summary
+    forced = train(config, _runtime(synthetic_root, tmp_path), force=True)
+    assert not forced.skipped and len(forced.records) == 1
+    assert RunFolder(forced.run_dir).is_complete

@@ -1,0 +1,70 @@
+"""‖S‖₁ from layer inputs and output gradients equals the brute-force per-example computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dynhp_bench.gates import GatedMLP
+from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
+
+
+def _brute_force_s_l1(net: GatedMLP, x: torch.Tensor, y: torch.Tensor, gates: list[torch.Tensor]) -> float:
+    """S = (1/B)·Σ_i g_i² − ḡ² summed over weights and biases, with one autograd call per example."""
+    per_example = []
+    for i in range(x.shape[0]):
+        example_gates = [g[i : i + 1] if g.dim() == 2 else g for g in gates]
+        loss = F.cross_entropy(net(x[i : i + 1], example_gates), y[i : i + 1])
+        grads = torch.autograd.grad(loss, net.weight_parameters())
+        per_example.append(torch.cat([g.flatten() for g in grads]))
+    g = torch.stack(per_example)
+    return float(((g**2).mean(0) - g.mean(0) ** 2).sum())
+
+
+def _tap_s_l1(net: GatedMLP, x: torch.Tensor, y: torch.Tensor, gates: list[torch.Tensor]) -> float:
+    tap = GradientTap()
+    tap.reset(x.device)
+    net.zero_grad()
+    F.cross_entropy(net(x, gates, hooks=tap), y).backward()
+    mean_grad_sq = squared_norm(p.grad for p in net.weight_parameters())
+    return float(variance_l1(tap.total, mean_grad_sq, x.shape[0]))
+
+
+@pytest.mark.parametrize("per_example_gates", [False, True])
+@pytest.mark.parametrize("batch", [2, 7, 32])
+def test_variance_l1_matches_per_example_brute_force(per_example_gates: bool, batch: int) -> None:
+    generator = torch.Generator().manual_seed(batch)
+    net = GatedMLP((12, 8, 5, 3), generator=generator).double()
+    x = torch.rand(batch, 12, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (batch,), generator=generator)
+    gates = [g.double() for g in net.sample(batch if per_example_gates else None, generator)]
+    expected = _brute_force_s_l1(net, x, y, gates)
+    assert expected > 0
+    assert _tap_s_l1(net, x, y, gates) == pytest.approx(expected, rel=1e-9)
+
+
+def test_variance_l1_of_identical_examples_is_zero() -> None:
+    generator = torch.Generator().manual_seed(0)
+    net = GatedMLP((12, 8, 5, 3), generator=generator).double()
+    x = torch.rand(1, 12, generator=generator, dtype=torch.float64).repeat(9, 1)
+    y = torch.ones(9, dtype=torch.int64)
+    gates = [g.double() for g in net.sample(None, generator)]
+    assert _tap_s_l1(net, x, y, gates) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ungated_network_statistic_matches_too() -> None:
+    generator = torch.Generator().manual_seed(5)
+    net = GatedMLP((10, 6, 4), gated=False, generator=generator).double()
+    x = torch.rand(11, 10, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 4, (11,), generator=generator)
+    tap = GradientTap()
+    tap.reset(x.device)
+    F.cross_entropy(net(x, None, hooks=tap), y).backward()
+    got = float(variance_l1(tap.total, squared_norm(p.grad for p in net.weight_parameters()), 11))
+    per_example = []
+    for i in range(11):
+        grads = torch.autograd.grad(F.cross_entropy(net(x[i : i + 1]), y[i : i + 1]), net.weight_parameters())
+        per_example.append(torch.cat([g.flatten() for g in grads]))
+    g = torch.stack(per_example)
+    assert got == pytest.approx(float(((g**2).mean(0) - g.mean(0) ** 2).sum()), rel=1e-9)
