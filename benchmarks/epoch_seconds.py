@@ -15,7 +15,7 @@ runs share one process, the same in-memory data and the same thread count:
   and its second backward pass). DynHP grows its batch after every epoch; to time it at a fixed batch,
   ``trainer.batch_size`` is reset to ``B`` before each timed epoch. HP and DynHP prune at each epoch's
   end, so their later epochs run on the (slightly) smaller network they would really train; the table
-  shows the units left after the last timed epoch so the lead can see how much that is.
+  shows the units left after the last timed epoch, to show how much that is.
 
 The two are interleaved per case (plain, ours, plain, ours, ...) so that machine noise hits both alike.
 Each keeps training the same model across its timed epochs, like a real run. Reported: the median
@@ -28,13 +28,16 @@ batch size being timed, at a small fraction of a full epoch's cost; the timed mo
 
 How to run (from the repository root)::
 
-    /work/venv/bin/python benchmarks/epoch_seconds.py                      # the default cases, 2 epochs each
-    /work/venv/bin/python benchmarks/epoch_seconds.py --cases sp:512 --epochs 1
-    /work/venv/bin/python benchmarks/epoch_seconds.py --epochs 3 --threads 2 --csv results/epoch_seconds.csv
+    python benchmarks/epoch_seconds.py                      # the default cases, 2 epochs each
+    python benchmarks/epoch_seconds.py --cases sp:512 --epochs 1
+    python benchmarks/epoch_seconds.py --epochs 3 --threads 2 --csv results/epoch_seconds.csv
 
 Options: ``--cases``, ``--epochs`` (timed epochs per case), ``--threads`` (default: torch's default),
-``--data-dir`` (default ``$DYNHP_DATA``, else /work/shared/data), ``--csv PATH``, ``--warmup-examples``,
-``--seed``. Run it on a quiet machine: the numbers are wall-clock times.
+``--data-dir`` (default ``$DYNHP_DATA``, else ../shared/data), ``--csv PATH``, ``--warmup-examples``,
+``--seed``. Run it on a quiet machine: the numbers are wall-clock times. With as many torch threads as
+cores, any other busy process makes the thread pool wait for a descheduled thread and single epochs can
+come out several times slower (seen on a 2-core box); ``--threads 1`` is far steadier there, and the CSV
+records the thread count used.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from dynhp_bench.strategies import STRATEGIES
 from dynhp_bench.train import EVAL_CHUNK, Trainer
 
 DEFAULT_CASES = "sp:512,hp:100,dynhp:16"
-DEFAULT_DATA_DIR = Path("/work/shared/data")
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_WARMUP_EXAMPLES = 2048
 CSV_COLUMNS = (
     "case",
@@ -98,7 +101,6 @@ class CaseResult:
     case: Case
     plain_s: list[float] = field(default_factory=list)
     ours_s: list[float] = field(default_factory=list)
-    ours_record_s: list[float] = field(default_factory=list)
     plain_steps: int = 0
     ours_steps: int = 0
     active_after: tuple[int, ...] = ()
@@ -217,7 +219,6 @@ def time_case(case: Case, data: Dataset, *, epochs: int, warmup_examples: int, s
         started = time.perf_counter()
         record = trainer.run_epoch(epoch, last=False)
         result.ours_s.append(time.perf_counter() - started)
-        result.ours_record_s.append(record.wall_s)
         result.ours_steps = record.steps
         console.print(
             f"  {case.name} epoch {epoch}/{epochs}: plain {result.plain_s[-1]:.2f} s, "
@@ -311,9 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     data_dir = args.data_dir or Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
     data = load_dataset("mnist", data_dir, download=False)
+    console.print(f"MNIST from {data_dir}: {data.n_train} train / {data.n_test} test images")
     console.print(
-        f"MNIST from {data_dir}: {data.n_train} train / {data.n_test} test images; torch {torch.__version__}, "
-        f"{threads} threads; {args.epochs} timed epoch(s) per case, warm-up on {args.warmup_examples} images"
+        f"torch {torch.__version__}, {threads} thread(s), {args.epochs} timed epoch(s) per loop, "
+        f"warm-up {args.warmup_examples} images"
     )
     results = []
     for case in args.case_list:
