@@ -171,7 +171,7 @@ class _EpochProgress:
         if self.live:
             self.progress.update(self.task, advance=1, status=status)
         elif self.enabled:
-            err_console.print(f"epoch {record.epoch}/{self.epochs}  {status}", highlight=False)
+            err_console.print(f"epoch {record.epoch}/{self.epochs}  {status}", highlight=False, soft_wrap=True)
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
@@ -180,7 +180,11 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
         ("final error", f"{summary['final_error_pct']:.2f} %"),
         ("best error", f"{summary['best_error_pct']:.2f} % (epoch {summary['best_epoch']})"),
         ("model size", f"{summary['model_size_mb']:.3f} MB  ({summary['model_bytes']} bytes)"),
-        ("training memory", f"{summary['training_memory_mb']:.3f} MB over {summary['epochs']} epochs"),
+        (
+            "training memory",
+            f"{summary['training_memory_mb']:.3f} MB over {summary['epochs']} epochs "
+            f"(mean {summary['mean_memory_mb']:.3f} MB per epoch)",
+        ),
         ("batch size", f"{summary['batch_size_initial']} → {summary['batch_size_final']}"),
         ("active neurons", " / ".join(str(a) for a in summary["active_final"])),
         ("wall time", f"{summary['wall_s']:.1f} s"),
