@@ -51,6 +51,26 @@ def uniform_noise(shape: Sequence[int], generator: torch.Generator | None, devic
     return u.mul_(1.0 - 2.0 * EPS).add_(EPS)
 
 
+FOLD_MIN_ROWS_FIRST_LAYER = 32
+
+
+def _fold_min_rows(x: torch.Tensor, weight: torch.Tensor) -> int:
+    """Fewest batch rows from which W·diag(g) beats x·diag(g) (measured in docs/performance.md).
+
+    Gating the input costs O(rows·in) element-wise work, folding O(out·in). When the input needs no
+    gradient (the first layer), gating it also forces a (rows × out × in) matmul for the input's
+    gradient that folding avoids, so folding pays from a few dozen rows.
+    """
+    return weight.shape[0] if x.requires_grad else min(weight.shape[0], FOLD_MIN_ROWS_FIRST_LAYER)
+
+
+def _add_grad(param: nn.Parameter, grad: torch.Tensor, *, alpha: float = 1.0) -> None:
+    if param.grad is None:
+        param.grad = grad * alpha if alpha != 1.0 else grad.clone()
+    else:
+        param.grad.add_(grad, alpha=alpha)
+
+
 @dataclass(frozen=True)
 class Removal:
     """One tensor's slice after units were removed: keep `index` along `dim` (apply it to Adam's moments too)."""
@@ -77,6 +97,7 @@ class GatedMLP(nn.Module):
     ) -> None:
         super().__init__()
         self.gated = gated
+        self._outputs_cache: tuple[tuple[tuple[int, int], ...], torch.Tensor] | None = None
         shapes = [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -98,6 +119,11 @@ class GatedMLP(nn.Module):
         return [(int(w.shape[1]), int(w.shape[0])) for w in self.weights]
 
     @property
+    def n_gates(self) -> int:
+        """Number of gates (input neurons of every layer; 0 for an ungated network)."""
+        return sum(a.shape[0] for a in self.log_alphas)
+
+    @property
     def n_layers(self) -> int:
         """Number of Linear layers."""
         return len(self.weights)
@@ -111,26 +137,37 @@ class GatedMLP(nn.Module):
     ) -> torch.Tensor:
         """Logits for rows `x`; each layer's input is multiplied by `gates[l]` when given.
 
-        `hooks`, when given, sees each layer's (gated) input and the gradient of its output.
+        A gate vector shared by the whole batch is folded into the weights instead (W·diag(g)) when the
+        batch is large enough for that to be cheaper (`_fold_min_rows`): the same product, and for the
+        first layer no gradient with respect to the input batch at all.
+        `hooks`, when given, sees each layer's squared (gated) input norms and the gradient of its output.
         """
         last = self.n_layers - 1
         for layer, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if gates is not None:
-                x = x * gates[layer]
-            y = F.linear(x, weight, bias)
-            if hooks is not None:
-                hooks.watch(x, y)
+            gate = gates[layer] if gates is not None else None
+            if gate is not None and gate.dim() == 1 and x.shape[0] >= _fold_min_rows(x, weight):
+                y = F.linear(x, weight * gate, bias)
+                if hooks is not None:
+                    hooks.watch(x.detach().square() @ gate.detach().square(), y)
+            else:
+                if gate is not None:
+                    x = x * gate
+                y = F.linear(x, weight, bias)
+                if hooks is not None:
+                    hooks.watch(x.detach().square().sum(1), y)
             x = F.relu(y) if layer < last else y
         return x
 
-    def sample(self, batch: int | None, generator: torch.Generator | None) -> list[torch.Tensor]:
-        """One training draw of every layer's gates: shape (in,) shared by the batch, or (batch, in)."""
-        device = self.weights[0].device
-        out = []
-        for log_alpha in self.log_alphas:
-            shape = (log_alpha.shape[0],) if batch is None else (batch, log_alpha.shape[0])
-            out.append(sample_gates(log_alpha, uniform_noise(shape, generator, device)))
-        return out
+    def sample(self, batch: int | None, generator: torch.Generator | None) -> torch.Tensor:
+        """One training draw of every layer's gates, concatenated: shape (Σ in,) shared by the batch, or
+        (batch, Σ in). `split` cuts it into the per-layer gates `forward` takes."""
+        log_alpha = torch.cat(list(self.log_alphas)) if self.gated else torch.zeros(0)
+        shape = (log_alpha.shape[0],) if batch is None else (batch, log_alpha.shape[0])
+        return sample_gates(log_alpha, uniform_noise(shape, generator, log_alpha.device))
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer views of a tensor laid out like `sample`'s (last dimension over all gates)."""
+        return list(flat.split([a.shape[0] for a in self.log_alphas], dim=-1))
 
     def deterministic_gates(self) -> list[torch.Tensor] | None:
         """The evaluation gates of every layer (None for an ungated network)."""
@@ -144,11 +181,48 @@ class GatedMLP(nn.Module):
         λ·out (the unscaled form of Eq. 1); the λ/N scaling lives here and only here.
         """
         scale = lam / n_train if divide_by_n else lam
-        total = torch.zeros((), device=self.weights[0].device)
-        for weight, bias, log_alpha in zip(self.weights, self.biases, self.log_alphas, strict=True):
+        total = torch.zeros((), device=self.weights[0].device, dtype=self.weights[0].dtype)
+        probs = self.split(prob_nonzero(torch.cat(list(self.log_alphas))))
+        for weight, bias, prob in zip(self.weights, self.biases, probs, strict=True):
             per_input = scale * weight.shape[0] + 0.5 * weight_decay * weight.square().sum(0)
-            total = total + (prob_nonzero(log_alpha) * per_input).sum() + 0.5 * weight_decay * bias.square().sum()
+            total = total + (prob * per_input).sum() + 0.5 * weight_decay * bias.square().sum()
         return total
+
+    @torch.no_grad()
+    def add_penalty_gradients(
+        self, *, lam: float, weight_decay: float, n_train: int, divide_by_n: bool = True
+    ) -> torch.Tensor:
+        """Add the exact gradient of `penalty` to every parameter's ``.grad``; return the penalty's value.
+
+        The trainer's cheap equivalent of ``penalty(...).backward()``: no autograd graph, a dozen tensor
+        operations per layer. With c_j = λ·out/N + ½·wd·‖W_j‖² and P_j = P(z_j≠0): ∂/∂W = wd·W·diag(P),
+        ∂/∂b = wd·b, ∂/∂log α_j = P_j(1 − P_j)·c_j. Called after the data loss's backward, so the
+        gradients read before it (DynHP's ḡ) are the data loss's alone.
+        """
+        scale = lam / n_train if divide_by_n else lam
+        prob = prob_nonzero(torch.cat(list(self.log_alphas)))
+        # c_j for every gate at once: λ·out/N + ½·wd·‖W_j‖² (out of gate j's layer).
+        outs = self._gate_outputs(prob)
+        column_sq = torch.cat([w.square().sum(0) for w in self.weights])
+        charge = column_sq.mul_(0.5 * weight_decay).add_(outs, alpha=scale)
+        bias_sq = torch.stack([b.square().sum() for b in self.biases]).sum()
+        value = prob.dot(charge) + 0.5 * weight_decay * bias_sq
+        probs = self.split(prob)
+        for weight, bias, layer_prob in zip(self.weights, self.biases, probs, strict=True):
+            _add_grad(weight, weight * layer_prob, alpha=weight_decay)
+            _add_grad(bias, bias, alpha=weight_decay)
+        log_alpha_grads = self.split(prob.mul(1.0 - prob).mul_(charge))
+        for log_alpha, grad in zip(self.log_alphas, log_alpha_grads, strict=True):
+            _add_grad(log_alpha, grad)
+        return value
+
+    def _gate_outputs(self, like: torch.Tensor) -> torch.Tensor:
+        """For every gate, the number of outputs of its layer (cached until the shapes change)."""
+        shapes = tuple(self.shapes)
+        if self._outputs_cache is None or self._outputs_cache[0] != shapes:
+            outs = torch.cat([torch.full((n_in,), float(n_out)) for n_in, n_out in shapes]).to(like)
+            self._outputs_cache = (shapes, outs)
+        return self._outputs_cache[1]
 
     @torch.no_grad()
     def clamp_log_alphas(self) -> None:

@@ -86,7 +86,7 @@ class StepTotals:
     loss_sum: torch.Tensor
     penalty_sum: torch.Tensor
     ratio_sum: torch.Tensor
-    counts: list[torch.Tensor]
+    counts: torch.Tensor
     draws: int = 0
     steps: int = 0
     largest_batch: int = 0
@@ -110,7 +110,7 @@ class Trainer:
             drop_rates=[config.drop_rate_input] + [config.drop_rate_hidden] * (len(sizes) - 2),
             generator=self.cpu_generator,
         ).to(device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.optimizer = make_adam(list(self.net.parameters()), lr=config.lr)
         self.train_x = data.train_x.to(device)
         self.train_y = data.train_y.to(device)
         self.test_x = data.test_x.to(device)
@@ -126,7 +126,7 @@ class Trainer:
         shapes = self.net.shapes
         totals = self._train_steps(epoch)
         steps = totals.steps
-        rates = [c / max(totals.draws, 1) for c in totals.counts] if self.net.gated else None
+        rates = self.net.split(totals.counts / max(totals.draws, 1)) if self.net.gated else None
         error_pct = self.test_error_pct()
 
         pruned = False
@@ -182,9 +182,7 @@ class Trainer:
         n = self.train_x.shape[0]
         perm = torch.randperm(n, generator=self.cpu_generator).to(device)
         zero = torch.zeros((), device=device)
-        totals = StepTotals(
-            zero.clone(), zero.clone(), zero.clone(), [torch.zeros(a.shape[0], device=device) for a in net.log_alphas]
-        )
+        totals = StepTotals(zero.clone(), zero.clone(), zero.clone(), torch.zeros(net.n_gates, device=device))
         start = 0
         net.train()
         while start < n:
@@ -194,35 +192,32 @@ class Trainer:
             rows = index.shape[0]
             xb = self.train_x.index_select(0, index)
             yb = self.train_y.index_select(0, index)
-            gates = net.sample(rows if per_example else None, self.device_generator) if gated else None
-            if gates is not None:
-                for count, z in zip(totals.counts, gates, strict=True):
-                    count += (z > 0).sum(0) if per_example else (z > 0)
+            gates = None
+            if gated:
+                flat_gates = net.sample(rows if per_example else None, self.device_generator)
+                totals.counts += (flat_gates > 0).sum(0) if per_example else (flat_gates > 0)
                 totals.draws += rows if per_example else 1
+                gates = net.split(flat_gates)
             if track_variance:
                 self.tap.reset(device)
             logits = net(xb, gates, hooks=self.tap if track_variance else None)
             data_loss = F.cross_entropy(logits, yb)
-            penalty = (
-                net.penalty(lam=lam, weight_decay=config.weight_decay, n_train=self.n_train, divide_by_n=divide_by_n)
-                if gated
-                else zero
-            )
             self.optimizer.zero_grad(set_to_none=True)
+            data_loss.backward()
             if track_variance:
-                # Two backward passes: the weights' gradients after the first are the data loss's alone (ḡ).
-                data_loss.backward()
+                # The penalty's gradient is not added yet: these are the data loss's gradients, ḡ.
                 mean_grad_sq = squared_norm(p.grad for p in net.weight_parameters() if p.grad is not None)
                 ratio = variance_l1(self.tap.total, mean_grad_sq, rows) / data_loss.detach()
                 totals.ratio_sum += ratio
-                penalty.backward()
-            else:
-                (data_loss + penalty).backward()
+            if gated:
+                penalty = net.add_penalty_gradients(
+                    lam=lam, weight_decay=config.weight_decay, n_train=self.n_train, divide_by_n=divide_by_n
+                )
+                totals.penalty_sum += penalty
             self.optimizer.step()
             if gated:
                 net.clamp_log_alphas()
             totals.loss_sum += data_loss.detach()
-            totals.penalty_sum += penalty.detach()
             totals.steps += 1
             if step_growth:
                 memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))
@@ -258,6 +253,15 @@ class Trainer:
             self.test_x = self.test_x.index_select(1, columns).contiguous()
             self.input_index = self.input_index[keep[0].cpu()]
         return True
+
+
+def make_adam(params: list[torch.nn.Parameter], *, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where the platform has one (CPU and CUDA in recent torch): the same
+    update, one kernel for all parameters instead of several per parameter."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
 def config_document(config: TrainConfig, runtime: Runtime, device: torch.device, data_root: Path) -> dict[str, Any]:

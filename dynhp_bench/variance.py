@@ -31,21 +31,21 @@ class GradientTap:
         """Start a new step."""
         self.total = torch.zeros((), device=device)
 
-    def watch(self, layer_input: torch.Tensor, layer_output: torch.Tensor) -> None:
-        """Remember ‖a_i‖² + 1 for each example and hook the gradient of the layer's output."""
+    def watch(self, input_sq_norms: torch.Tensor, layer_output: torch.Tensor) -> None:
+        """Remember ‖a_i‖² (each example's squared gated-input norm) and hook the layer output's gradient."""
         if not layer_output.requires_grad:
             return
-        input_sq = layer_input.detach().square().sum(1) + 1.0
+        input_sq = input_sq_norms + 1.0
 
         def hook(grad: torch.Tensor) -> None:
-            self.total = self.total + (grad.square().sum(1) * input_sq).sum()
+            self.total = self.total + grad.square().sum(1).dot(input_sq)
 
         layer_output.register_hook(hook)
 
 
 def squared_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Σ of squared entries over tensors (‖ḡ‖² for the mean data-loss gradient)."""
-    return torch.stack([g.square().sum() for g in grads]).sum()
+    """Σ of squared entries over tensors (‖ḡ‖² for the mean data-loss gradient), in one foreach call."""
+    return torch.nn.utils.get_total_norm(list(grads), norm_type=2.0).square()
 
 
 def variance_l1(tap_total: torch.Tensor, mean_grad_sq: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -137,4 +137,43 @@ def test_dense_network_has_no_gates_and_no_sampling() -> None:
     net = GatedMLP((6, 4, 2), gated=False)
     assert len(net.log_alphas) == 0
     assert net.deterministic_gates() is None
-    assert net.sample(None, None) == []
+    assert net.sample(None, None).shape == (0,)
+    assert net.n_gates == 0
+
+
+def test_sample_draws_every_layer_at_once_and_split_cuts_it_per_layer() -> None:
+    net = GatedMLP((6, 4, 3, 2), generator=torch.Generator().manual_seed(0))
+    flat = net.sample(None, torch.Generator().manual_seed(1))
+    assert flat.shape == (13,) and net.n_gates == 13
+    assert [g.shape for g in net.split(flat)] == [(6,), (4,), (3,)]
+    per_example = net.sample(5, torch.Generator().manual_seed(1))
+    assert [g.shape for g in net.split(per_example)] == [(5, 6), (5, 4), (5, 3)]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 50, 400])
+def test_folding_gates_into_weights_gives_the_gated_input_product(batch: int) -> None:
+    generator = torch.Generator().manual_seed(batch)
+    net = GatedMLP((784, 300, 100, 10), generator=generator)
+    gates = net.split(net.sample(None, generator))
+    x = torch.rand(batch, 784, generator=generator)
+    with torch.no_grad():
+        h = x
+        for layer, (weight, bias) in enumerate(zip(net.weights, net.biases, strict=True)):
+            h = (h * gates[layer]) @ weight.T + bias
+            h = torch.relu(h) if layer < 2 else h
+        assert torch.allclose(net(x, gates), h, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("divide_by_n", [True, False])
+def test_added_penalty_gradients_equal_autograd_of_the_penalty(divide_by_n: bool) -> None:
+    net = GatedMLP((20, 8, 5, 3), generator=torch.Generator().manual_seed(0)).double()
+    settings = {"lam": 0.01, "weight_decay": 5e-2, "n_train": 100, "divide_by_n": divide_by_n}
+    penalty = net.penalty(**settings)
+    expected = torch.autograd.grad(penalty, list(net.parameters()))
+    value = net.add_penalty_gradients(**settings)  # grads start as None
+    assert value.item() == pytest.approx(penalty.item(), rel=1e-12)
+    for param, grad in zip(net.parameters(), expected, strict=True):
+        assert torch.allclose(param.grad, grad, rtol=1e-10, atol=1e-15)
+    net.add_penalty_gradients(**settings)  # added to what is there
+    for param, grad in zip(net.parameters(), expected, strict=True):
+        assert torch.allclose(param.grad, 2 * grad, rtol=1e-10, atol=1e-15)

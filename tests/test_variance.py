@@ -32,13 +32,13 @@ def _tap_s_l1(net: GatedMLP, x: torch.Tensor, y: torch.Tensor, gates: list[torch
 
 
 @pytest.mark.parametrize("per_example_gates", [False, True])
-@pytest.mark.parametrize("batch", [2, 7, 32])
+@pytest.mark.parametrize("batch", [2, 7, 32])  # 2, 7: gated inputs; 32: gates folded into every layer's weights
 def test_variance_l1_matches_per_example_brute_force(per_example_gates: bool, batch: int) -> None:
     generator = torch.Generator().manual_seed(batch)
     net = GatedMLP((12, 8, 5, 3), generator=generator).double()
     x = torch.rand(batch, 12, generator=generator, dtype=torch.float64)
     y = torch.randint(0, 3, (batch,), generator=generator)
-    gates = [g.double() for g in net.sample(batch if per_example_gates else None, generator)]
+    gates = net.split(net.sample(batch if per_example_gates else None, generator).double())
     expected = _brute_force_s_l1(net, x, y, gates)
     assert expected > 0
     assert _tap_s_l1(net, x, y, gates) == pytest.approx(expected, rel=1e-9)
@@ -49,7 +49,7 @@ def test_variance_l1_of_identical_examples_is_zero() -> None:
     net = GatedMLP((12, 8, 5, 3), generator=generator).double()
     x = torch.rand(1, 12, generator=generator, dtype=torch.float64).repeat(9, 1)
     y = torch.ones(9, dtype=torch.int64)
-    gates = [g.double() for g in net.sample(None, generator)]
+    gates = net.split(net.sample(None, generator).double())
     assert _tap_s_l1(net, x, y, gates) == pytest.approx(0.0, abs=1e-12)
 
 
