@@ -8,14 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from dynhp_bench import __version__
+from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
 from dynhp_bench.config import CHOICES, PROFILES, resolve_config
-from dynhp_bench.errors import DynhpError
+from dynhp_bench.data import load_dataset, resolve_data_dir
+from dynhp_bench.errors import DynhpError, ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord, to_mb
 from dynhp_bench.train import DEVICES, Runtime, train
 
@@ -194,6 +197,84 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
     for name, value in rows:
         table.add_row(name, value)
     out_console.print(table)
+
+
+@app.command("bench")
+def bench_command(
+    dataset: Annotated[str, typer.Option(help=_choices("dataset"))] = "mnist",
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = ",".join(
+        str(b) for b in DEFAULT_BATCH_SIZES
+    ),
+    repeats: Annotated[int, typer.Option(help="Timed epochs per case (the median is reported)")] = 2,
+    subset: Annotated[int | None, typer.Option(help="Time on the first N training images only")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results root; the table lands in OUT/bench/bench.csv")] = Path("results"),
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
+    device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
+    memory: Annotated[bool, typer.Option(help="Also measure the peak resident memory of `train`")] = True,
+) -> None:
+    """Seconds per epoch of the plain PyTorch loop, sp, hp, hp at 20% of the weights and dynhp, side by side,
+    with the machine's matmul peak and each case's FLOP limit; saved as CSV."""
+    sizes = _positive_ints("--batch-sizes", batch_sizes)
+    if repeats < 1:
+        raise SettingsError(f"--repeats={repeats} is not valid; expected an integer ≥ 1")
+    if dataset not in CHOICES["dataset"]:
+        raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
+    runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
+    torch_device = runtime.torch_device()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    root = resolve_data_dir(data_dir)
+    data = load_dataset(dataset, root, subset=subset)
+    csv_path = out / "bench" / "bench.csv"
+    err_console.print(
+        f"timing {len(sizes) * 5} cases × {repeats} epochs on {data.n_train} {dataset} images, "
+        f"{torch.get_num_threads()} threads, {torch_device}"
+    )
+
+    def show(case: str, batch: int, seconds: float) -> None:
+        err_console.print(f"  {case:>5} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
+
+    frame, peak = run_bench(data, batch_sizes=sizes, repeats=repeats, device=torch_device, on_epoch=show)
+    try:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(csv_path, index=False)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {csv_path}: {exc.strerror or exc}") from None
+    table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak:.0f} GFLOP/s")
+    for column in ("case", "batch", "weights", "s/epoch", "FLOP limit s", "× plain", "× FLOP limit"):
+        table.add_column(column, justify="right")
+    for row in frame.itertuples():
+        table.add_row(
+            row.case, str(row.batch_size), f"{row.weights:,}", f"{row.epoch_s:.3f}", f"{row.flop_limit_s:.3f}",
+            f"{row.vs_plain:.2f}", f"{row.vs_flop_limit:.1f}",
+        )  # fmt: skip
+    out_console.print(table)
+    checks = Table(title="Targets")
+    for column in ("target", "measured", "holds"):
+        checks.add_column(column)
+    for target in targets(frame):
+        checks.add_row(target.name, f"{target.measured:.2f}", "yes" if target.holds else "NO")
+    out_console.print(checks)
+    if memory:
+        rss = train_peak_rss_bytes(root, dataset=dataset, threads=threads)
+        out_console.print(
+            f"peak resident memory of `train` (1 SP epoch, batch 512): {rss['train_peak_rss_bytes'] / 2**20:.0f} MiB "
+            f"(a process that only imports torch: {rss['import_torch_rss_bytes'] / 2**20:.0f} MiB)"
+        )
+    out_console.print(f"saved {csv_path}")
+
+
+def _positive_ints(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise SettingsError(f"{flag}={text!r} is not valid; expected positive integers separated by commas")
+    return values
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,7 +8,7 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -131,7 +131,7 @@ class Trainer:
 
         pruned = False
         if not last and rates is not None and self.strategy.removes_physically():
-            pruned = self._remove(self.strategy.units_to_remove(self.net, rates))
+            pruned = self.remove_units(self.strategy.units_to_remove(self.net, rates))
         model_bytes_after = model_bytes(self.net.shapes) if pruned else model_bytes(shapes)
         memory = MemoryState(self.config.budget_bytes, model_bytes_after)
         mean_ratio = float(totals.ratio_sum / steps) if self.strategy.needs_gradient_variance else math.nan
@@ -237,7 +237,8 @@ class Trainer:
             wrong += (logits.argmax(1) != self.test_y[start : start + EVAL_CHUNK]).sum()
         return 100.0 * float(wrong) / self.test_x.shape[0]
 
-    def _remove(self, remove_masks: list[torch.Tensor]) -> bool:
+    def remove_units(self, remove_masks: Sequence[torch.Tensor]) -> bool:
+        """Remove the neurons marked True, per gated layer, from the network, Adam's state and the data fed."""
         keep = [~mask.to(torch.bool) for mask in remove_masks]
         if all(bool(k.all()) for k in keep):
             return False

@@ -110,7 +110,7 @@ def test_pruning_keeps_adam_moments_of_surviving_weights(synthetic_root: Path) -
     ]
     remove[1][::3] = True  # hidden-1 neurons: columns of W_1, rows of W_0
     remove[2][:10] = True  # hidden-2 neurons: columns of W_2, rows of W_1
-    assert trainer._remove(remove)
+    assert trainer.remove_units(remove)
     expected = before[10:][:, ~remove[1]]
     assert torch.equal(trainer.optimizer.state[w1]["exp_avg"], expected)
     trainer.run_epoch(2, last=True)  # Adam keeps stepping on the sliced state

@@ -1,0 +1,250 @@
+"""`dynhp-bench bench`: the trainer's speed side by side with a plain PyTorch loop and the FLOP limit.
+
+Everything is measured in one process, on the data already in memory, interleaved case by case in
+rounds (plain, sp, hp, hp20, dynhp; plain, sp, …) so that machine noise hits every case alike; each
+case's time is the median over its rounds. An "epoch" is one pass over the training set plus one
+evaluation of the test set, for our trainer and for the plain loop alike.
+
+Cases, each at every batch size asked for:
+
+* ``plain``: ``nn.Sequential`` 784-300-100-10 + Adam (PyTorch's defaults), cross-entropy;
+* ``sp``, ``hp`` (full size), ``hp20`` (HP after removing neurons down to about 20% of the weights),
+  ``dynhp`` (with its gradient-variance statistic, held at the batch size).
+
+The FLOP limit of a case is its network's forward + backward FLOPs for one epoch over the machine's
+measured float32 matmul peak: the time no implementation can beat on this machine. Before the timed
+rounds at a batch size, every case runs one untimed epoch on the first 2,048 images (warm-up).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.data import Dataset
+from dynhp_bench.metrics import epoch_flops, layer_shapes, weight_count
+from dynhp_bench.train import Trainer
+
+CASES = ("plain", "sp", "hp", "hp20", "dynhp")
+DEFAULT_BATCH_SIZES = (16, 100, 512)
+HP20_WIDTH_SHARE = math.sqrt(0.2)  # every layer's width × √0.2 leaves ≈ 20% of the weights
+FULL_SHAPES = layer_shapes((784, 300, 100, 10))
+WARM_UP_EXAMPLES = 2048
+
+
+def matmul_peak_gflops(device: torch.device, *, sizes: Sequence[int] = (1024, 2048), seconds: float = 0.5) -> float:
+    """Float32 matmul throughput of this machine (GFLOP/s): the best of repeated n×n products, over sizes."""
+    peak = 0.0
+    for size in sizes:
+        a = torch.rand(size, size, device=device)
+        b = torch.rand(size, size, device=device)
+        torch.mm(a, b)
+        best = math.inf
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline or best == math.inf:
+            _sync(device)
+            started = time.perf_counter()
+            torch.mm(a, b)
+            _sync(device)
+            best = min(best, time.perf_counter() - started)
+        peak = max(peak, 2 * size**3 / best / 1e9)
+    return peak
+
+
+class PlainLoop:
+    """The reference: what a user writes without dynhp-bench, data already in memory."""
+
+    def __init__(self, data: Dataset, device: torch.device, *, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+        self.net.to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.data = data
+        self.device = device
+        self.generator = generator
+        self.train_x, self.train_y = data.train_x.to(device), data.train_y.to(device)
+        self.test_x, self.test_y = data.test_x.to(device), data.test_y.to(device)
+
+    def run_epoch(self, batch_size: int) -> None:
+        """One pass over the training set, then the test error."""
+        n = self.train_x.shape[0]
+        perm = torch.randperm(n, generator=self.generator).to(self.device)
+        for start in range(0, n, batch_size):
+            index = perm[start : start + batch_size]
+            loss = F.cross_entropy(self.net(self.train_x[index]), self.train_y[index])
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+        with torch.no_grad():
+            float((self.net(self.test_x).argmax(1) != self.test_y).sum())
+
+
+def hp20_trainer(data: Dataset, batch_size: int, device: torch.device) -> Trainer:
+    """An HP trainer whose network was cut to ≈ 20% of its weights (every layer's inputs × √0.2)."""
+    trainer = Trainer(TrainConfig(strategy="hp", batch_size=batch_size), data, device)
+    generator = torch.Generator().manual_seed(0)
+    masks = []
+    for n_in, _ in trainer.net.shapes:
+        remove = torch.ones(n_in, dtype=torch.bool)
+        remove[torch.randperm(n_in, generator=generator)[: round(n_in * HP20_WIDTH_SHARE)]] = False
+        masks.append(remove)
+    trainer.remove_units(masks)
+    return trainer
+
+
+@dataclass
+class _Runner:
+    """One case at one batch size: how to run an epoch, and the network it trains."""
+
+    case: str
+    batch_size: int
+    epoch: Callable[[], None]
+    shapes: Callable[[], list[tuple[int, int]]]
+
+
+def _runners(data: Dataset, batch_size: int, device: torch.device) -> list[_Runner]:
+    runners = []
+    plain = PlainLoop(data, device)
+    runners.append(_Runner("plain", batch_size, lambda: plain.run_epoch(batch_size), lambda: FULL_SHAPES))
+    for case in CASES[1:]:
+        if case == "hp20":
+            trainer = hp20_trainer(data, batch_size, device)
+        else:
+            trainer = Trainer(TrainConfig(strategy=case, batch_size=batch_size), data, device)
+        runners.append(_Runner(case, batch_size, _fixed_epoch(trainer, batch_size), _shapes_of(trainer)))
+    return runners
+
+
+def _fixed_epoch(trainer: Trainer, batch_size: int) -> Callable[[], None]:
+    counter = iter(range(1, 1_000_000))
+
+    def run() -> None:
+        trainer.batch_size = batch_size  # DynHP would grow it: hold it to compare at one size
+        trainer.run_epoch(next(counter), last=True)  # last=True: no pruning, the size stays as set up
+
+    return run
+
+
+def _shapes_of(trainer: Trainer) -> Callable[[], list[tuple[int, int]]]:
+    return lambda: trainer.net.shapes
+
+
+def run_bench(
+    data: Dataset,
+    *,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    repeats: int = 2,
+    device: torch.device | None = None,
+    on_epoch: Callable[[str, int, float], None] | None = None,
+) -> tuple[pd.DataFrame, float]:
+    """Time every case at every batch size; returns (one row per case and batch size, peak GFLOP/s)."""
+    device = device or torch.device("cpu")
+    peak = matmul_peak_gflops(device)
+    rows = []
+    for batch_size in batch_sizes:
+        for warm_up in _runners(_head(data, WARM_UP_EXAMPLES), batch_size, device):
+            warm_up.epoch()  # one-off costs (kernel selection, allocator, caches) stay out of the timings
+        runners = _runners(data, batch_size, device)
+        times: dict[str, list[float]] = {r.case: [] for r in runners}
+        for _ in range(repeats):
+            for runner in runners:
+                _sync(device)
+                started = time.perf_counter()
+                runner.epoch()
+                _sync(device)
+                elapsed = time.perf_counter() - started
+                times[runner.case].append(elapsed)
+                if on_epoch is not None:
+                    on_epoch(runner.case, batch_size, elapsed)
+        for runner in runners:
+            shapes = runner.shapes()
+            flop_limit_s = epoch_flops(shapes, data.n_train) / (peak * 1e9)
+            rows.append(
+                {
+                    "case": runner.case,
+                    "batch_size": batch_size,
+                    "weights": weight_count(shapes),
+                    "epoch_s": statistics.median(times[runner.case]),
+                    "epoch_s_min": min(times[runner.case]),
+                    "flop_limit_s": flop_limit_s,
+                    "repeats": repeats,
+                }
+            )
+    frame = pd.DataFrame(rows)
+    plain = frame[frame["case"] == "plain"].set_index("batch_size")["epoch_s"]
+    frame["vs_plain"] = frame["epoch_s"] / frame["batch_size"].map(plain)
+    frame["vs_flop_limit"] = frame["epoch_s"] / frame["flop_limit_s"]
+    frame["threads"] = torch.get_num_threads()
+    frame["device"] = str(device)
+    frame["peak_gflops"] = peak
+    return frame, peak
+
+
+@dataclass(frozen=True)
+class Target:
+    """One of the performance targets, checked on a bench table."""
+
+    name: str
+    measured: float
+    limit: float
+
+    @property
+    def holds(self) -> bool:
+        """Whether the measured ratio is within the limit."""
+        return self.measured <= self.limit
+
+
+def targets(frame: pd.DataFrame) -> list[Target]:
+    """The targets of the performance issue, as measured ratios against their limits."""
+    t = frame.set_index(["case", "batch_size"])["epoch_s"]
+    limit = frame.set_index(["case", "batch_size"])["vs_flop_limit"]
+    out = []
+    for b in sorted(frame["batch_size"].unique()):
+        out.append(Target(f"sp ≤ 1.3 × plain, batch {b}", t["sp", b] / t["plain", b], 1.3))
+    for b in sorted(frame["batch_size"].unique()):
+        out.append(Target(f"dynhp ≤ 1.1 × hp, batch {b}", t["dynhp", b] / t["hp", b], 1.1))
+    if 512 in frame["batch_size"].values:
+        out.append(Target("hp20 ≤ 0.6 × plain, batch 512", t["hp20", 512] / t["plain", 512], 0.6))
+        out.append(Target("plain ≤ 2 × FLOP limit, batch 512", float(limit["plain", 512]), 2.0))
+        out.append(Target("sp ≤ 2 × FLOP limit, batch 512", float(limit["sp", 512]), 2.0))
+    return out
+
+
+def train_peak_rss_bytes(data_dir: Path, *, dataset: str = "mnist", threads: int | None = None) -> dict[str, int]:
+    """Peak resident memory of a real `train` (one SP epoch at batch 512), in a fresh process, beside that
+    of a process that only imports torch (most of a CUDA build's footprint is its libraries)."""
+    with tempfile.TemporaryDirectory() as out:
+        command = [sys.executable, "-m", "dynhp_bench", "train", "--dataset", dataset, "--strategy", "sp",
+                   "--epochs", "1", "--data-dir", str(data_dir), "--out", out, "--quiet",
+                   "--device", "cpu"]  # fmt: skip
+        if threads is not None:
+            command += ["--threads", str(threads)]
+        subprocess.run(command, check=True, capture_output=True, text=True)
+        summary = json.loads(next(Path(out).glob("runs/*/summary.json")).read_text())
+    probe = "import resource, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    baseline = int(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout)
+    return {"train_peak_rss_bytes": int(summary["peak_rss_bytes"]), "import_torch_rss_bytes": baseline}
+
+
+def _head(data: Dataset, n: int) -> Dataset:
+    return Dataset(data.name, data.train_x[:n], data.train_y[:n], data.test_x[:n], data.test_y[:n])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,65 @@
+"""`dynhp-bench bench` runs and writes its table; the FLOP accounting and the hp20 cut are as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dynhp_bench.bench import CASES, hp20_trainer, targets
+from dynhp_bench.cli import main
+from dynhp_bench.data import load_dataset
+from dynhp_bench.metrics import epoch_flops, weight_count
+
+
+def test_bench_writes_one_row_per_case_and_batch_size(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--data-dir", str(synthetic_root), "--batch-sizes", "16,64", "--repeats", "1",
+              "--out", str(tmp_path), "--threads", "1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    frame = pd.read_csv(tmp_path / "bench" / "bench.csv")
+    assert sorted(zip(frame["case"], frame["batch_size"], strict=True)) == sorted(
+        (case, b) for case in CASES for b in (16, 64)
+    )
+    assert (frame["epoch_s"] > 0).all()
+    assert (frame.loc[frame["case"] == "plain", "vs_plain"] == 1.0).all()
+    flops = frame["flop_limit_s"] * frame["peak_gflops"] * 1e9
+    full_epoch = 6 * 512 * (784 * 300 + 300 * 100 + 100 * 10)  # the synthetic set has 512 training images
+    assert flops[frame["case"].isin(["plain", "sp", "hp", "dynhp"])].tolist() == pytest.approx([full_epoch] * 8)
+    assert (flops[frame["case"] == "hp20"] < 0.22 * full_epoch).all()
+    assert "peak resident memory of `train`" in out and "Targets" in out
+
+
+def test_hp20_keeps_about_a_fifth_of_the_weights(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, download=False)
+    trainer = hp20_trainer(data, 64, torch.device("cpu"))
+    share = weight_count(trainer.net.shapes) / 266_610
+    assert 0.18 < share < 0.22
+    assert trainer.train_x.shape[1] == trainer.net.shapes[0][0]
+    assert epoch_flops(trainer.net.shapes, 1) < 0.22 * epoch_flops([(784, 300), (300, 100), (100, 10)], 1)
+
+
+def test_targets_compare_the_right_ratios() -> None:
+    rows = []
+    for case, seconds in {"plain": 1.0, "sp": 1.2, "hp": 1.0, "hp20": 0.5, "dynhp": 1.15}.items():
+        rows.append({"case": case, "batch_size": 512, "epoch_s": seconds, "vs_flop_limit": 1.5})
+    checks = {t.name: t for t in targets(pd.DataFrame(rows))}
+    assert checks["sp ≤ 1.3 × plain, batch 512"].measured == pytest.approx(1.2)
+    assert checks["sp ≤ 1.3 × plain, batch 512"].holds
+    assert checks["dynhp ≤ 1.1 × hp, batch 512"].measured == pytest.approx(1.15)
+    assert not checks["dynhp ≤ 1.1 × hp, batch 512"].holds
+    assert checks["hp20 ≤ 0.6 × plain, batch 512"].holds
+
+
+def test_bad_batch_sizes_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--batch-sizes", "16,x"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --batch-sizes='16,x' is not valid; expected positive integers separated by commas"
+    )
