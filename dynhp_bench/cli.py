@@ -16,10 +16,11 @@ from rich.table import Table
 
 from dynhp_bench import __version__
 from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
-from dynhp_bench.config import CHOICES, PROFILES, resolve_config
+from dynhp_bench.config import CHOICES, PROFILES, TrainConfig, resolve_config
 from dynhp_bench.data import load_dataset, resolve_data_dir
-from dynhp_bench.errors import DynhpError, ResultsError, SettingsError
+from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord, to_mb
+from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path
 from dynhp_bench.train import DEVICES, Runtime, train
 
 app = typer.Typer(
@@ -91,7 +92,16 @@ def train_command(
     out: Annotated[Path, typer.Option(help="Results root; the run lands in OUT/runs/RUN_ID/")] = Path("results"),
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
     device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
-    force: Annotated[bool, typer.Option(help="Train again even if this run is already complete")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Train afresh even if this run is complete or has a checkpoint to continue from")
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue the run in this folder from its checkpoint (settings come from its config.json)"),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Write a checkpoint every K epochs", show_default="every 5 minutes")
+    ] = None,
     quiet: Annotated[bool, typer.Option(help="No per-epoch progress")] = False,
     gate_draws: Annotated[
         str | None,
@@ -129,8 +139,21 @@ def train_command(
         "subset": subset, "hidden": hidden, "gate_draws": gate_draws, "growth_cadence": growth_cadence,
         "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling,
     }  # fmt: skip
-    settings = resolve_config(cli_values, settings_file=config)
-    runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
+    if resume is not None:
+        given = sorted(k for k, v in cli_values.items() if v is not None) + (["config"] if config else [])
+        if given:
+            raise SettingsError(
+                f"--resume takes every setting from {resume / CONFIG_FILE}; drop --{given[0].replace('_', '-')}"
+            )
+        settings = TrainConfig.from_dict(RunFolder(resume).read_config()["settings"])
+        out = resume.resolve().parent.parent
+        if resume.resolve() != run_path(out, settings.run_id).resolve():
+            raise ResultsError(f"{resume} is not the folder of run {settings.run_id}; expected OUT/runs/RUN_ID")
+    else:
+        settings = resolve_config(cli_values, settings_file=config)
+    runtime = Runtime(
+        data_dir=data_dir, results_root=out, threads=threads, device=device, checkpoint_every=checkpoint_every
+    )
     err_console.print(f"[bold]{settings.run_id}[/]  ({settings.profile} profile, {settings.epochs} epochs)")
     with _EpochProgress(settings.epochs, enabled=not quiet) as progress:
         result = train(settings, runtime, on_epoch=progress.update, force=force)
@@ -288,6 +311,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
+    except Interrupted as exc:
+        print(
+            f"interrupted by {exc.signal_name}: checkpoint written in {exc.run_dir}; "
+            f"run the same command again (or `dynhp-bench train --resume {exc.run_dir}`) to continue",
+            file=sys.stderr,
+        )
+        sys.exit(exc.exit_status)
     except (KeyboardInterrupt, typer.Abort):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)

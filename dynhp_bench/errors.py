@@ -19,3 +19,13 @@ class ResultsError(DynhpError):
 
 class StorageError(DynhpError):
     """A study storage cannot be reached or is malformed."""
+
+
+class Interrupted(Exception):  # noqa: N818 - an event, not an error: a user asked the run to stop
+    """A run stopped on SIGINT or SIGTERM after writing a checkpoint; `exit_status` is 130 or 143."""
+
+    def __init__(self, signal_name: str, exit_status: int, run_dir: str) -> None:
+        super().__init__(f"{signal_name} received")
+        self.signal_name = signal_name
+        self.exit_status = exit_status
+        self.run_dir = run_dir

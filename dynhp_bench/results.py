@@ -3,24 +3,29 @@
 * `config.json`: every resolved setting, the runtime (device, threads, data folder) and versions;
 * `epochs.csv`: one row per epoch, appended and flushed as each epoch ends (a crash keeps what ended);
 * `summary.json`: the run's headline numbers, written when it ends;
+* `checkpoint.pt`: the state at an epoch boundary, to resume from (see `checkpoint.py`);
+* `INTERRUPTED`: present while the run is stopped by a signal (which, when, at which epoch);
 * `COMPLETE`: written last; a folder without it is an unfinished run, never read as a result.
 
-JSON files are written atomically (temporary file, fsync, rename), so no reader sees half a file.
+JSON files and checkpoints are written atomically (temporary file, fsync, rename), so no reader sees
+half a file. epochs.csv is appended a flushed row at a time, and rewritten atomically on resume.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dynhp_bench.checkpoint import load_checkpoint, save_checkpoint
 from dynhp_bench.errors import ResultsError
 from dynhp_bench.metrics import EpochRecord
 
@@ -28,6 +33,8 @@ RUNS_DIR = "runs"
 CONFIG_FILE = "config.json"
 EPOCHS_FILE = "epochs.csv"
 SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+INTERRUPTED_MARKER = "INTERRUPTED"
 COMPLETE_MARKER = "COMPLETE"
 
 
@@ -36,15 +43,14 @@ def run_path(results_root: Path, run_id: str) -> Path:
     return Path(results_root) / RUNS_DIR / run_id
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to `path` through a temporary file in the same folder, fsynced, then renamed."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same folder, fsynced, then renamed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2, sort_keys=True, allow_nan=True)
-                handle.write("\n")
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -53,6 +59,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
                 os.unlink(tmp)
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to `path` atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -74,6 +85,16 @@ class RunFolder:
         """Whether the run finished (its completion marker exists)."""
         return (self.path / COMPLETE_MARKER).is_file()
 
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the run's checkpoint lives."""
+        return self.path / CHECKPOINT_FILE
+
+    @property
+    def is_interrupted(self) -> bool:
+        """Whether the run was stopped by a signal and not resumed since."""
+        return (self.path / INTERRUPTED_MARKER).is_file()
+
     def start(self, config_document: dict[str, Any]) -> None:
         """Create the folder afresh: earlier files of an unfinished run are removed first."""
         try:
@@ -85,6 +106,29 @@ class RunFolder:
         write_json_atomic(self.path / CONFIG_FILE, config_document)
         self._write_csv_row(EpochRecord.columns(), mode="w")
 
+    def resume(self, records: Sequence[EpochRecord]) -> None:
+        """Continue an unfinished run: epochs.csv is rewritten atomically to exactly the checkpoint's rows
+        (rows of epochs trained after the checkpoint are dropped: they will be trained again)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(EpochRecord.columns())
+        for record in records:
+            writer.writerow(["" if v is None else v for v in record.row()])
+        write_text_atomic(self.path / EPOCHS_FILE, buffer.getvalue())
+        self._remove(INTERRUPTED_MARKER)
+
+    def write_checkpoint(self, state: dict[str, Any]) -> None:
+        """Replace the checkpoint atomically."""
+        save_checkpoint(self.checkpoint_path, state)
+
+    def read_checkpoint(self, run_id: str) -> dict[str, Any]:
+        """The checkpoint, checked to belong to `run_id`."""
+        return load_checkpoint(self.checkpoint_path, run_id=run_id)
+
+    def mark_interrupted(self, *, signal_name: str, epochs_done: int) -> None:
+        """Record that a signal stopped the run after `epochs_done` epochs (the checkpoint holds them)."""
+        write_json_atomic(self.path / INTERRUPTED_MARKER, {"signal": signal_name, "epochs_done": epochs_done})
+
     def append_epoch(self, record: EpochRecord) -> None:
         """Append one epoch's row to epochs.csv and flush it to disk."""
         self._write_csv_row(record.row(), mode="a")
@@ -92,6 +136,7 @@ class RunFolder:
     def finish(self, summary: dict[str, Any]) -> None:
         """Write summary.json, then the completion marker (last, so its presence means all is there)."""
         write_json_atomic(self.path / SUMMARY_FILE, summary)
+        self._remove(INTERRUPTED_MARKER)
         try:
             (self.path / COMPLETE_MARKER).write_text("complete\n", encoding="utf-8")
         except OSError as exc:
@@ -111,6 +156,12 @@ class RunFolder:
             return pd.read_csv(self.path / EPOCHS_FILE)
         except (OSError, ValueError) as exc:
             raise ResultsError(f"cannot read {self.path / EPOCHS_FILE}: {exc}") from None
+
+    def _remove(self, name: str) -> None:
+        try:
+            (self.path / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise ResultsError(f"cannot remove {self.path / name}: {exc.strerror or exc}") from None
 
     def _write_csv_row(self, row: list[object], *, mode: str) -> None:
         target = self.path / EPOCHS_FILE

@@ -4,12 +4,13 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ import torchvision
 from dynhp_bench import __version__
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
-from dynhp_bench.errors import SettingsError
+from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
 from dynhp_bench.gates import GatedMLP
+from dynhp_bench.interrupts import StopRequest, stop_on_signals
 from dynhp_bench.metrics import (
     EpochRecord,
     batch_bytes,
@@ -40,6 +42,7 @@ from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_CHUNK = 10_000
+CHECKPOINT_INTERVAL_S = 300.0  # without --checkpoint-every: at most ~5 minutes of work are lost
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,11 @@ class Runtime:
     results_root: Path = Path("results")
     threads: int | None = None
     device: str = "auto"
+    checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise SettingsError(f"--checkpoint-every={self.checkpoint_every} is not valid; expected an integer ≥ 1")
         if self.device not in DEVICES:
             raise SettingsError(f"--device={self.device!r} is not known; expected one of {', '.join(DEVICES)}")
         if self.threads is not None and self.threads < 1:
@@ -77,6 +83,10 @@ class RunResult:
 
 
 EpochCallback = Callable[[EpochRecord], None]
+
+
+class _StopNow(Exception):  # noqa: N818 - control flow inside this module only
+    """Raised after a step when a stop was requested; `train` writes the checkpoint and stops."""
 
 
 @dataclass
@@ -111,6 +121,8 @@ class Trainer:
             generator=self.cpu_generator,
         ).to(device)
         self.optimizer = make_adam(list(self.net.parameters()), lr=config.lr)
+        self.data = data
+        self.stop: StopRequest | None = None
         self.train_x = data.train_x.to(device)
         self.train_y = data.train_y.to(device)
         self.test_x = data.test_x.to(device)
@@ -119,6 +131,37 @@ class Trainer:
         self.input_index = torch.arange(self.train_x.shape[1])
         self.batch_size = config.batch_size
         self.tap = GradientTap()
+
+    def state_dict(self) -> dict[str, Any]:
+        """A detached copy of everything that decides the rest of the run (what a checkpoint holds)."""
+        return {
+            "params": [p.detach().cpu().clone() for p in self.net.parameters()],
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "cpu_generator": self.cpu_generator.get_state(),
+            "device_generator": None if self.device.type == "cpu" else self.device_generator.get_state(),
+            "input_index": self.input_index.clone(),
+            "batch_size": self.batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict()` output: shapes, weights, Adam, generators, pixels fed, batch size."""
+        params = list(self.net.parameters())
+        saved = state["params"]
+        index = state["input_index"]
+        if len(saved) != len(params) or int(saved[0].shape[1]) != len(index):
+            raise ResultsError("checkpoint does not match this run's network; expected one written by this run")
+        for param, value in zip(params, saved, strict=True):
+            param.data = value.to(self.device).clone()
+            param.grad = None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.cpu_generator.set_state(state["cpu_generator"])
+        if state["device_generator"] is not None and self.device.type != "cpu":
+            self.device_generator.set_state(state["device_generator"])
+        self.input_index = index.clone()
+        columns = index.to(self.device)
+        self.train_x = self.data.train_x.to(self.device).index_select(1, columns).contiguous()
+        self.test_x = self.data.test_x.to(self.device).index_select(1, columns).contiguous()
+        self.batch_size = int(state["batch_size"])
 
     def run_epoch(self, epoch: int, *, last: bool) -> EpochRecord:
         """Train one epoch, evaluate, let the strategy prune and resize; return the epoch's record."""
@@ -219,6 +262,8 @@ class Trainer:
                 net.clamp_log_alphas()
             totals.loss_sum += data_loss.detach()
             totals.steps += 1
+            if self.stop is not None and self.stop.requested:
+                raise _StopNow
             if step_growth:
                 memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))
                 self.batch_size = self.strategy.next_batch_size(
@@ -322,7 +367,14 @@ def train(
     on_epoch: EpochCallback | None = None,
     force: bool = False,
 ) -> RunResult:
-    """Train one run to completion and write its folder; a run already complete is skipped unless `force`."""
+    """Train one run to completion and write its folder.
+
+    A complete run is skipped unless `force`. An unfinished run with a checkpoint continues from it
+    (the rows of epochs trained after the checkpoint are trained again, identically on the CPU);
+    `force` starts afresh. Checkpoints are written every `runtime.checkpoint_every` epochs, else every
+    5 minutes, and at the end. SIGINT / SIGTERM finish the current step, write a checkpoint of the last
+    epoch boundary, mark the run interrupted and raise `Interrupted`.
+    """
     runtime = runtime or Runtime()
     folder = RunFolder(run_path(runtime.results_root, config.run_id))
     if folder.is_complete and not force:
@@ -333,15 +385,52 @@ def train(
     data_root = resolve_data_dir(runtime.data_dir)
     data = load_dataset(config.dataset, data_root, subset=config.subset)
     trainer = Trainer(config, data, device)
-    folder.start(config_document(config, runtime, device, data_root))
-    started = time.perf_counter()
     records: list[EpochRecord] = []
-    for epoch in range(1, config.epochs + 1):
-        record = trainer.run_epoch(epoch, last=epoch == config.epochs)
-        folder.append_epoch(record)
-        records.append(record)
-        if on_epoch is not None:
-            on_epoch(record)
+    if not force and folder.checkpoint_path.is_file():
+        state = folder.read_checkpoint(config.run_id)
+        trainer.load_state_dict(state["trainer"])
+        records = [EpochRecord(**row) for row in state["records"]]
+        folder.resume(records)
+    else:
+        folder.start(config_document(config, runtime, device, data_root))
+
+    def checkpoint(snapshot: dict[str, Any]) -> None:
+        folder.write_checkpoint(
+            {
+                "run_id": config.run_id,
+                "epoch": len(records),
+                "trainer": snapshot,
+                "records": [asdict(r) for r in records],
+            }
+        )
+
+    started = time.perf_counter()
+    last_saved = time.monotonic()
+    snapshot = trainer.state_dict()
+    with stop_on_signals() as stop:
+        trainer.stop = stop
+        try:
+            for epoch in range(len(records) + 1, config.epochs + 1):
+                record = trainer.run_epoch(epoch, last=epoch == config.epochs)
+                folder.append_epoch(record)
+                records.append(record)
+                snapshot = trainer.state_dict()
+                every = runtime.checkpoint_every
+                due = epoch % every == 0 if every else time.monotonic() - last_saved >= CHECKPOINT_INTERVAL_S
+                if due and epoch < config.epochs:
+                    checkpoint(snapshot)
+                    last_saved = time.monotonic()
+                if on_epoch is not None:
+                    on_epoch(record)
+                if stop.requested:
+                    raise _StopNow
+        except _StopNow:
+            checkpoint(snapshot)
+            folder.mark_interrupted(signal_name=stop.signal_name, epochs_done=len(records))
+            raise Interrupted(stop.signal_name, stop.exit_status, str(folder.path)) from None
+        finally:
+            trainer.stop = None
+    checkpoint(snapshot)
     summary = summarize(config, records, n_train=data.n_train, wall_s=time.perf_counter() - started)
     folder.finish(summary)
     return RunResult(folder.path, summary, records)

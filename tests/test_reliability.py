@@ -1,0 +1,281 @@
+"""Runs survive interruption: resumed runs equal uninterrupted ones; bad checkpoints and full disks are one line."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from dynhp_bench import checkpoint as checkpoint_module
+from dynhp_bench.checkpoint import load_checkpoint, save_checkpoint
+from dynhp_bench.cli import main
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.data import write_synthetic_dataset
+from dynhp_bench.errors import ResultsError
+from dynhp_bench.metrics import TIMING_COLUMNS
+from dynhp_bench.results import CHECKPOINT_FILE, COMPLETE_MARKER, INTERRUPTED_MARKER, RunFolder, run_path
+from dynhp_bench.train import Runtime, train
+
+# Prunes (γ above the hidden gates' initial P(z≠0) = 0.83) and grows the batch within a few epochs.
+DYNHP = TrainConfig(strategy="dynhp", epochs=6, batch_size=16, gamma=0.84, alpha_bs=0.5)
+
+
+def _epochs(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "epochs.csv").drop(columns=list(TIMING_COLUMNS))
+
+
+class _CrashError(Exception):
+    pass
+
+
+def test_resumed_dynhp_run_equals_the_uninterrupted_one(synthetic_root: Path, tmp_path: Path) -> None:
+    reference = train(DYNHP, Runtime(data_dir=synthetic_root, results_root=tmp_path / "ref", threads=1))
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path / "cut", threads=1, checkpoint_every=1)
+
+    def crash_after_epoch_3(record: object) -> None:
+        if getattr(record, "epoch", 0) == 3:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        train(DYNHP, runtime, on_epoch=crash_after_epoch_3)
+    folder = RunFolder(run_path(runtime.results_root, DYNHP.run_id))
+    assert not folder.is_complete and folder.checkpoint_path.is_file()
+    resumed = train(DYNHP, runtime)
+    pd.testing.assert_frame_equal(_epochs(resumed.run_dir), _epochs(reference.run_dir))
+    rows = _epochs(reference.run_dir)
+    # The cut lies between pruning steps and batch growths on both sides.
+    assert (
+        rows["model_bytes"].iloc[2] > rows["model_bytes"].iloc[5]
+        and rows["model_bytes"].iloc[0] > rows["model_bytes"].iloc[2]
+    )
+    assert (
+        rows["batch_size"].iloc[2] < rows["batch_size"].iloc[5]
+        and rows["batch_size"].iloc[0] < rows["batch_size"].iloc[2]
+    )
+    assert resumed.summary["final_error_pct"] == reference.summary["final_error_pct"]
+
+
+def test_force_starts_afresh_instead_of_resuming(synthetic_root: Path, tmp_path: Path) -> None:
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, checkpoint_every=1)
+    config = TrainConfig(strategy="sp", epochs=3, batch_size=128)
+
+    def crash(record: object) -> None:
+        if getattr(record, "epoch", 0) == 2:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        train(config, runtime, on_epoch=crash)
+    result = train(config, runtime, force=True)
+    assert [r.epoch for r in result.records] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def slow_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic MNIST large enough for an epoch to take a noticeable fraction of a second."""
+    root = tmp_path_factory.mktemp("slowdata")
+    write_synthetic_dataset(root, "mnist", n_train=2048, n_test=256, seed=7)
+    return root
+
+
+def _train_argv(root: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "dynhp_bench", "train", "--strategy", "dynhp", "--gamma", "0.84", "--alpha-bs",
+            "0.5", "--epochs", "8", "--batch-size", "16", "--data-dir", str(root), "--out", str(out),
+            "--threads", "1", "--checkpoint-every", "1"]  # fmt: skip
+
+
+def _wait_for_rows(csv_path: Path, rows: int, process: subprocess.Popen[str], timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if csv_path.is_file() and len(csv_path.read_text().splitlines()) - 1 >= rows:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before epoch {rows}: {process.stderr.read() if process.stderr else ''}")
+        time.sleep(0.05)
+    pytest.fail(f"no epoch {rows} within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(slow_root: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    subprocess.run(_train_argv(slow_root, out), check=True, capture_output=True, text=True)
+    (run_dir,) = (out / "runs").iterdir()
+    return _epochs(run_dir)
+
+
+@pytest.mark.parametrize("kill_after", random.Random(1234).sample(range(1, 7), 2))
+def test_sigkill_at_an_epoch_then_rerun_equals_the_uninterrupted_run(
+    slow_root: Path, tmp_path: Path, uninterrupted: pd.DataFrame, kill_after: int
+) -> None:
+    process = subprocess.Popen(_train_argv(slow_root, tmp_path), stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs"
+    try:
+        while not (runs.is_dir() and any(runs.iterdir())):
+            time.sleep(0.05)
+        (run_dir,) = runs.iterdir()
+        _wait_for_rows(run_dir / "epochs.csv", kill_after, process)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (run_dir / COMPLETE_MARKER).exists()
+    rerun = subprocess.run(_train_argv(slow_root, tmp_path), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    pd.testing.assert_frame_equal(_epochs(run_dir), uninterrupted)
+
+
+def test_sigint_checkpoints_marks_interrupted_exits_130_and_resumes(
+    slow_root: Path, tmp_path: Path, uninterrupted: pd.DataFrame
+) -> None:
+    process = subprocess.Popen(_train_argv(slow_root, tmp_path), stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs"
+    while not (runs.is_dir() and any(runs.iterdir())):
+        time.sleep(0.05)
+    (run_dir,) = runs.iterdir()
+    _wait_for_rows(run_dir / "epochs.csv", 2, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    lines = [line for line in err.splitlines() if line.startswith(("interrupted", "error", "Traceback"))]
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGINT") and str(run_dir) in lines[0]
+    assert (run_dir / INTERRUPTED_MARKER).is_file() and (run_dir / CHECKPOINT_FILE).is_file()
+    assert not (run_dir / COMPLETE_MARKER).exists()
+    rerun = subprocess.run(_train_argv(slow_root, tmp_path), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not (run_dir / INTERRUPTED_MARKER).exists()
+    pd.testing.assert_frame_equal(_epochs(run_dir), uninterrupted)
+
+
+def test_sigterm_exits_143(slow_root: Path, tmp_path: Path) -> None:
+    process = subprocess.Popen(_train_argv(slow_root, tmp_path), stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs"
+    while not (runs.is_dir() and any(runs.iterdir())):
+        time.sleep(0.05)
+    (run_dir,) = runs.iterdir()
+    _wait_for_rows(run_dir / "epochs.csv", 1, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "interrupted by SIGTERM" in err
+
+
+def test_resume_option_continues_a_run_folder(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = TrainConfig(strategy="hp", epochs=3, batch_size=64, profile="smoke")
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, checkpoint_every=1)
+
+    def crash(record: object) -> None:
+        if getattr(record, "epoch", 0) == 1:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        train(config, runtime, on_epoch=crash)
+    run_dir = run_path(tmp_path, config.run_id)
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--resume", str(run_dir), "--data-dir", str(synthetic_root), "--quiet"])
+    assert info.value.code == 0, capsys.readouterr().err
+    assert RunFolder(run_dir).is_complete
+    assert pd.read_csv(run_dir / "epochs.csv")["epoch"].tolist() == [1, 2, 3]
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--resume", str(run_dir), "--epochs", "9"])
+    assert info.value.code == 2 and "drop --epochs" in capsys.readouterr().err
+
+
+def _broken_checkpoints(tmp_path: Path) -> dict[str, Path]:
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"run_id": "r", "epoch": 1, "trainer": {}, "records": []})
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": torch.zeros(3)}, foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(2048))
+    return {"truncated": truncated, "foreign": foreign, "garbage": garbage}
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign", "garbage"])
+def test_broken_checkpoint_is_one_error_naming_the_file(tmp_path: Path, kind: str) -> None:
+    path = _broken_checkpoints(tmp_path)[kind]
+    with pytest.raises(ResultsError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as handle:
+        pickle.dump({"format": "dynhp-bench-checkpoint", "payload": _Exploit()}, handle)
+    with pytest.raises(ResultsError, match=r"evil\.pt"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_resuming_from_a_tampered_checkpoint_is_exit_2(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = TrainConfig(strategy="sp", epochs=2, batch_size=128, profile="smoke")
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, checkpoint_every=1)
+
+    def crash(record: object) -> None:
+        raise _CrashError
+
+    with pytest.raises(_CrashError):
+        train(config, runtime, on_epoch=crash)
+    run_dir = run_path(tmp_path, config.run_id)
+    (run_dir / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--resume", str(run_dir), "--data-dir", str(synthetic_root)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [line for line in err.splitlines() if
+                                                                                   "checkpoint" in line]  # fmt: skip
+    assert str(run_dir / CHECKPOINT_FILE) in err and "Traceback" not in err
+
+
+def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"run_id": "r", "epoch": 1, "trainer": {}, "records": []})
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.os, "fsync", no_space)
+    with pytest.raises(ResultsError, match="No space left on device") as info:
+        save_checkpoint(path, {"run_id": "r", "epoch": 2, "trainer": {}, "records": []})
+    assert "previous checkpoint is intact" in str(info.value)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"], "no temporary file is left behind"
+
+
+def test_a_full_disk_while_writing_results_is_a_results_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynhp_bench import results as results_module
+
+    folder = RunFolder(tmp_path / "run")
+    folder.start({"run_id": "x"})
+
+    def no_space(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results_module.os, "fsync", no_space)
+    with pytest.raises(ResultsError, match="No space left on device"):
+        folder.finish({"final_error_pct": 1.0})
+    monkeypatch.undo()
+    assert not folder.is_complete and not (folder.path / "summary.json").exists()
