@@ -3,6 +3,7 @@ exit status (2 for anything a user can cause, 130 for an interrupt)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -144,6 +145,10 @@ def train_command(
         if given:
             raise SettingsError(
                 f"--resume takes every setting from {resume / CONFIG_FILE}; drop --{given[0].replace('_', '-')}"
+            )
+        if not (resume / CONFIG_FILE).is_file():
+            raise ResultsError(
+                f"--resume={str(resume)!r} holds no {CONFIG_FILE}; expected a run folder OUT/runs/RUN_ID"
             )
         settings = TrainConfig.from_dict(RunFolder(resume).read_config()["settings"])
         out = resume.resolve().parent.parent
@@ -300,16 +305,25 @@ def _positive_ints(flag: str, text: str) -> list[int]:
     return values
 
 
+_CREDENTIALS = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^@\s]*@")
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def _one_line(message: str) -> str:
+    """A message fit for one terminal line: control characters escaped, URL passwords masked."""
+    return _CREDENTIALS.sub(r"\g<keep>***@", message.translate(_CONTROL))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one line and exit status 2."""
     try:
         result = app(args=list(argv) if argv is not None else None, prog_name="dynhp-bench", standalone_mode=False)
     except DynhpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except typer.TyperException as exc:  # the vendored click's usage errors (bad option, bad type)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {_one_line(message)}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     except Interrupted as exc:
         print(

@@ -145,7 +145,8 @@ class TrainConfig:
         if self.subset is not None:
             _check_int("subset", self.subset, low=1)
         if not _is_hidden(self.hidden):
-            raise SettingsError(f"hidden={list(self.hidden)!r} is not valid; expected two positive layer widths")
+            shown = ",".join(str(h) for h in self.hidden) if isinstance(self.hidden, tuple) else self.hidden
+            raise SettingsError(f"--hidden={shown!r} is not valid; expected two positive layer widths like 300,100")
         _check_open("lr", self.lr, 0.0, math.inf)
         _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
         _check_open("drop_rate_input", self.drop_rate_input, 0.0, 1.0)
