@@ -7,6 +7,7 @@ dataset is downloaded when the network allows; otherwise one error names the fol
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import struct
@@ -81,6 +82,8 @@ def load_dataset(name: str, root: Path, *, subset: int | None = None, download: 
         if not download:
             raise DataError(_missing_message(name, folder, missing, "downloading is off"))
         _download(name, root, folder, missing)
+    for file in RAW_FILES:
+        check_idx_file(folder / file)
     cls = TORCHVISION_CLASSES[name]
     try:
         train = cls(str(root), train=True, download=False)
@@ -103,6 +106,30 @@ def load_dataset(name: str, root: Path, *, subset: int | None = None, download: 
         test_x=_as_rows(test_x),
         test_y=test_y.to(torch.int64).contiguous(),
     )
+
+
+def check_idx_file(path: Path) -> None:
+    """Check an uncompressed IDX file's header against its size; a bad one is a DataError naming it."""
+    expected_dims = 3 if "images" in path.name else 1
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            header = handle.read(4 + 4 * expected_dims)
+    except OSError as exc:
+        raise DataError(f"dataset file {path} cannot be read: {exc.strerror or exc}") from None
+    if len(header) < 4 or header[:2] != b"\x00\x00" or header[2] != 0x08 or header[3] != expected_dims:
+        raise DataError(
+            f"dataset file {path} is not an uncompressed IDX file of unsigned bytes with {expected_dims} dimension(s)"
+        )
+    if len(header) < 4 + 4 * expected_dims:
+        raise DataError(f"dataset file {path} is truncated: its header is incomplete")
+    dims = struct.unpack(f">{expected_dims}I", header[4:])
+    expected = len(header) + math.prod(dims)
+    if size != expected:
+        raise DataError(
+            f"dataset file {path} is {'truncated' if size < expected else 'too long'}: {size} bytes where its "
+            f"header ({' × '.join(map(str, dims))}) needs {expected}"
+        )
 
 
 def _as_rows(images: torch.Tensor) -> torch.Tensor:

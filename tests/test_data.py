@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,12 +54,27 @@ def test_missing_data_offline_names_the_folder_and_the_four_files(
     assert "urlopen error no network" in message
 
 
-def test_truncated_file_is_a_data_error_naming_the_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("file", "damage", "fragment"),
+    [
+        (
+            "train-images-idx3-ubyte",
+            lambda b: b[:100],
+            "truncated: 100 bytes where its header (8 × 28 × 28) needs 6288",
+        ),
+        ("t10k-labels-idx1-ubyte", lambda b: b[:6], "truncated: its header is incomplete"),
+        ("train-labels-idx1-ubyte", lambda b: b + b"xx", "too long"),
+        ("t10k-images-idx3-ubyte", lambda b: b"\x1f\x8b" + b[2:], "not an uncompressed IDX file"),
+    ],
+)
+def test_a_damaged_file_is_one_data_error_naming_it(
+    tmp_path: Path, file: str, damage: Callable[[bytes], bytes], fragment: str
+) -> None:
     folder = write_synthetic_dataset(tmp_path, "mnist", n_train=8, n_test=4)
-    images = folder / "train-images-idx3-ubyte"
-    images.write_bytes(images.read_bytes()[:100])
-    with pytest.raises(DataError, match=str(folder)):
+    (folder / file).write_bytes(damage((folder / file).read_bytes()))
+    with pytest.raises(DataError) as info:
         load_dataset("mnist", tmp_path, download=False)
+    assert str(folder / file) in str(info.value) and fragment in str(info.value)
 
 
 def test_data_root_is_argument_then_environment_then_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
