@@ -3,19 +3,23 @@ exit status (2 for anything a user can cause, 130 for an interrupt)."""
 
 from __future__ import annotations
 
+import math
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import pandas as pd
 import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dynhp_bench import __version__
+from dynhp_bench import __version__, figures, report
+from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
 from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
 from dynhp_bench.config import CHOICES, PROFILES, TrainConfig, resolve_config
 from dynhp_bench.data import load_dataset, resolve_data_dir
@@ -31,8 +35,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out_console = Console()
-err_console = Console(stderr=True)
+# Tables are wide: off a terminal (logs, CI) rich would wrap them at 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 AMBIGUITIES = "Choices the paper leaves open"
 
@@ -293,6 +298,153 @@ def bench_command(
             f"(a process that only imports torch: {rss['import_torch_rss_bytes'] / 2**20:.0f} MiB)"
         )
     out_console.print(f"saved {csv_path}")
+
+
+@app.command("report")
+def report_command(
+    paper_tables: Annotated[
+        bool, typer.Option("--paper-tables", help="Regenerate the paper's Tables 1-3 and Figures 1-7")
+    ] = False,
+    results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
+    out: Annotated[Path | None, typer.Option(help="Where the report lands", show_default="RESULTS/report")] = None,
+) -> None:
+    """Summarise the runs: every configuration (mean ± std over seeds); with --paper-tables, the paper's
+    tables and figures as CSV, Markdown and PNG."""
+    started = time.perf_counter()
+    index = report.index_runs(results)
+    out = out if out is not None else results / "report"
+    configs = report.configurations(index.runs)
+    written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
+    if index.incomplete:
+        err_console.print(
+            f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "
+            + ", ".join(p.name for p in index.incomplete[:5])
+            + (" …" if len(index.incomplete) > 5 else "")
+        )
+    if paper_tables:
+        datasets = report.dataset_table(index.runs)
+        written.append(_save_csv(datasets, out / "table1_datasets.csv"))
+        _write_text(out / "table1_datasets.md", report.frame_markdown(datasets, "Table 1: datasets"))
+        tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
+        for dataset, table in tables.items():
+            stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
+            written.append(_save_csv(table, out / f"{stem}.csv"))
+            _write_text(out / f"{stem}.md", report.table_markdown(table, dataset))
+            _print_paper_table(table, dataset)
+        try:
+            drawn = figures.write_figures(configs, out)
+        except OSError as exc:
+            raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
+        written += [png for png, _ in drawn.values()]
+        empty = [name for name, (_, rows) in drawn.items() if rows == 0]
+        missing = report.missing_rows(tables)
+        if missing or empty:
+            err_console.print(f"[yellow]warning:[/] {len(missing)} paper configuration(s) have no results yet:")
+            for line in missing:
+                err_console.print(f"  {line}", highlight=False)
+            if empty:
+                err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
+    else:
+        _print_configurations(configs)
+    out_console.print(f"wrote {len(written)} files under {out} in {time.perf_counter() - started:.1f} s")
+
+
+@app.command("check")
+def check_command(
+    baseline: Annotated[Path, typer.Option(help="Baseline JSON file (committed under results/)")],
+    results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
+    junit: Annotated[Path | None, typer.Option(help="Also write a JUnit XML report here")] = None,
+    update: Annotated[bool, typer.Option("--update", help="Write a new baseline from the results")] = False,
+) -> None:
+    """Compare the results with a baseline: exit 1 if any configuration's error, model size or training
+    memory got worse beyond its tolerance (or has no results), 0 otherwise."""
+    index = report.index_runs(results)
+    if update:
+        document = write_baseline(baseline, index.runs)
+        out_console.print(f"wrote {baseline} with {len(document['configurations'])} configurations")
+        return
+    verdicts = compare(read_baseline(baseline), index.runs)
+    table = Table(title=f"check against {baseline}")
+    for column in ("configuration", "metric", "baseline", "measured", "allowed up to", "verdict"):
+        table.add_column(column)
+    colours = {"pass": "green", "improved": "green", "regressed": "red", "missing": "red"}
+    for v in verdicts:
+        measured = "—" if v.measured is None else f"{v.measured:.4f}"
+        table.add_row(
+            v.configuration, v.metric, f"{v.baseline:.4f}", measured, f"{v.allowed:.4f}",
+            f"[{colours[v.status]}]{v.status}[/]",
+        )  # fmt: skip
+    out_console.print(table)
+    if junit is not None:
+        junit_xml(verdicts, junit)
+    failed = [v for v in verdicts if v.failed]
+    if failed:
+        err_console.print(f"[red]{len(failed)} of {len(verdicts)} checks failed[/]")
+        raise typer.Exit(1)
+    out_console.print(f"all {len(verdicts)} checks passed")
+
+
+def _save_csv(frame: pd.DataFrame, path: Path) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(path, index=False)
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _fmt(value: object, digits: int) -> str:
+    return "missing" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _print_paper_table(table: pd.DataFrame, dataset: str) -> None:
+    view = Table(title=f"Table {report.TABLE_NUMBER[dataset]}: {report.DATASET_NAMES[dataset]} (paper in brackets)")
+    for column in (
+        "method",
+        "batch / α_bs",
+        "error %",
+        "Δ%",
+        "model MB",
+        "Δ%",
+        "memory MB/epoch",
+        "Δ%",
+        "epochs",
+        "seeds",
+    ):
+        view.add_column(column, justify="right")
+    for row in table.itertuples():
+        config = (
+            f"{row.alpha_bs:.3f}" if row.alpha_bs is not None and not pd.isna(row.alpha_bs) else str(row.batch_size)
+        )
+        view.add_row(
+            row.method, config,
+            f"{_fmt(row.error_pct, 2)} [{row.paper_error_pct:.2f}]", _fmt(row.error_delta_pct, 0),
+            f"{_fmt(row.model_size_mb, 3)} [{row.paper_model_size_mb:.3f}]", _fmt(row.model_size_delta_pct, 0),
+            _fmt(row.mean_memory_mb, 3), _fmt(row.training_memory_delta_pct, 0),
+            _fmt(row.epochs, 0), _fmt(row.seeds, 0),
+        )  # fmt: skip
+    out_console.print(view)
+
+
+def _print_configurations(configs: pd.DataFrame) -> None:
+    view = Table(title="Configurations (mean over seeds)")
+    for column in ("dataset", "strategy", "batch", "α_bs", "profile", "epochs", "seeds", "error %", "model MB",
+                   "training memory MB"):  # fmt: skip
+        view.add_column(column, justify="right")
+    for row in configs.itertuples():
+        view.add_row(
+            row.dataset, row.strategy, str(row.batch_size), "" if row.alpha_bs is None else f"{row.alpha_bs:g}",
+            row.profile, str(row.epochs), str(row.seeds), f"{row.final_error_pct:.2f}", f"{row.model_size_mb:.3f}",
+            f"{row.training_memory_mb:.3f}",
+        )  # fmt: skip
+    out_console.print(view)
 
 
 def _positive_ints(flag: str, text: str) -> list[int]:

@@ -1,0 +1,306 @@
+"""The paper's tables from run folders: DataFrame in, DataFrame out.
+
+`index_runs` reads every complete run under a results root (unfinished folders are listed, never
+read as results); `configurations` groups runs that differ only in their seed (mean, std, count);
+`paper_table` lays one dataset's configurations out like the paper's Table 2 / 3, beside the paper's
+own values (`reference_tables.csv`, shipped with the package) and ours minus the paper's.
+
+Runs shorter than the paper's 2,000 epochs have a smaller training memory by construction, so every
+table also carries the per-epoch mean memory, its Δ% against SP (comparable whatever the epochs) and
+that mean over 2,000 epochs (what the run would use at the paper's length), which is what is set
+against the paper's training memory.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from dynhp_bench.errors import ResultsError
+from dynhp_bench.results import RUNS_DIR, RunFolder, complete_runs
+
+PAPER_EPOCHS = 2000
+METHODS = {"SP": "sp", "HP": "hp", "DynHP": "dynhp", "Dense": "dense"}
+DATASET_NAMES = {"mnist": "MNIST", "fashion": "Fashion-MNIST"}
+TABLE_NUMBER = {"mnist": 2, "fashion": 3}
+PAPER_TABLE_SWEEPS = {"mnist": "sweeps/table2_mnist.toml", "fashion": "sweeps/table3_fashion.toml"}
+# A configuration: everything but the seed (other settings at their paper values are part of the match).
+CONFIG_KEY = ["dataset", "strategy", "batch_size", "alpha_bs", "profile", "epochs", "lam", "gamma", "subset"]
+METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb"]
+
+
+def reference_tables() -> pd.DataFrame:
+    """The paper's Tables 2-3 (a copy of shared/paper/reference_tables.csv inside the package)."""
+    text = resources.files("dynhp_bench").joinpath("reference_tables.csv").read_text(encoding="utf-8")
+    frame = pd.read_csv(io.StringIO(text))
+    frame["strategy"] = frame["method"].map(METHODS)
+    return frame
+
+
+@dataclass(frozen=True)
+class RunIndex:
+    """Complete runs, one row each (settings and summary), and the unfinished run folders."""
+
+    runs: pd.DataFrame
+    incomplete: list[Path]
+
+
+def index_runs(results_root: Path) -> RunIndex:
+    """Read every run folder under `results_root`; a root with no complete run is a ResultsError."""
+    rows = []
+    for folder in complete_runs(results_root):
+        summary = folder.read_summary()
+        settings = summary.get("settings", {})
+        rows.append(
+            {
+                "run_id": summary["run_id"],
+                "run_dir": str(folder.path),
+                "dataset": settings.get("dataset", summary.get("dataset")),
+                "strategy": settings.get("strategy", summary.get("strategy")),
+                "batch_size": int(settings.get("batch_size", summary.get("batch_size_initial", 0))),
+                "alpha_bs": settings.get("alpha_bs"),
+                "profile": settings.get("profile", summary.get("profile")),
+                "epochs": int(summary["epochs"]),
+                "lam": settings.get("lambda"),
+                "gamma": settings.get("gamma"),
+                "subset": settings.get("subset"),
+                "seed": int(summary["seed"]),
+                "n_train": summary.get("n_train"),
+                **{metric: float(summary[metric]) for metric in METRICS},
+            }
+        )
+    runs_dir = Path(results_root) / RUNS_DIR
+    incomplete = (
+        sorted(p for p in runs_dir.iterdir() if p.is_dir() and not RunFolder(p).is_complete)
+        if runs_dir.is_dir()
+        else []
+    )
+    if not rows:
+        raise ResultsError(
+            f"no complete runs under {Path(results_root) / RUNS_DIR}; expected run folders written by "
+            f"`dynhp-bench train`, `sweep` or `reproduce`"
+        )
+    return RunIndex(pd.DataFrame(rows), incomplete)
+
+
+def configurations(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: each metric's mean and std over its seeds, and the number of seeds."""
+    grouped = runs.groupby(CONFIG_KEY, dropna=False, sort=True)
+    frame = grouped[METRICS].mean().join(grouped[METRICS].std(ddof=1).fillna(0.0).add_suffix("_std"))
+    frame["seeds"] = grouped.size()
+    frame["run_dirs"] = grouped["run_dir"].agg(lambda dirs: ";".join(sorted(dirs)))
+    frame = frame.reset_index()
+    for column in ("alpha_bs", "lam", "gamma", "subset"):  # settings a strategy does not use: None
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
+
+
+def select(
+    configs: pd.DataFrame, *, dataset: str, strategy: str, batch_size: int, alpha_bs: float | None
+) -> pd.Series | None:
+    """The configuration matching a paper row at the paper's λ and γ: the one with most epochs, then seeds."""
+    match = configs[
+        (configs["dataset"] == dataset)
+        & (configs["strategy"] == strategy)
+        & (configs["batch_size"] == batch_size)
+        & configs["lam"].map(lambda v: v is None or math.isclose(v, 0.01))
+        & configs["gamma"].map(lambda v: v is None or math.isclose(v, 0.5))
+        & configs["alpha_bs"].map(lambda v: _same_alpha(v, alpha_bs))
+    ]
+    if match.empty:
+        return None
+    return match.sort_values(["epochs", "seeds"], ascending=False).iloc[0]
+
+
+def _same_alpha(value: float | None, wanted: float | None) -> bool:
+    if wanted is None or (isinstance(wanted, float) and math.isnan(wanted)):
+        return value is None
+    return value is not None and round(float(value), 6) == round(float(wanted), 6)
+
+
+def _delta_pct(value: float, reference: float) -> float:
+    return (value - reference) / reference * 100 if reference and not math.isnan(reference) else math.nan
+
+
+def paper_table(configs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Table 2 (mnist) or 3 (fashion): the paper's rows, our numbers beside the paper's."""
+    reference = reference_tables()
+    reference = reference[reference["dataset"] == dataset]
+    rows = []
+    for ref in reference.itertuples():
+        alpha = None if pd.isna(ref.alpha_bs) else float(ref.alpha_bs)
+        found = select(configs, dataset=dataset, strategy=ref.strategy, batch_size=int(ref.batch_size), alpha_bs=alpha)
+        row: dict[str, object] = {
+            "method": ref.method,
+            "batch_size": int(ref.batch_size),
+            "alpha_bs": alpha,
+            "status": "ok" if found is not None else "missing",
+            "produced_by": PAPER_TABLE_SWEEPS[dataset],
+            "paper_error_pct": ref.error_pct,
+            "paper_error_delta_pct": ref.error_delta_pct,
+            "paper_model_size_mb": ref.model_size_mb,
+            "paper_model_size_delta_pct": ref.model_size_delta_pct,
+            "paper_training_memory_mb": ref.training_memory_mb,
+            "paper_training_memory_delta_pct": ref.training_memory_delta_pct,
+        }
+        if found is not None:
+            row.update(
+                {
+                    "profile": found["profile"],
+                    "epochs": int(found["epochs"]),
+                    "seeds": int(found["seeds"]),
+                    "error_pct": found["final_error_pct"],
+                    "error_pct_std": found["final_error_pct_std"],
+                    "model_size_mb": found["model_size_mb"],
+                    "model_size_mb_std": found["model_size_mb_std"],
+                    "training_memory_mb": found["training_memory_mb"],
+                    "training_memory_mb_std": found["training_memory_mb_std"],
+                    "mean_memory_mb": found["mean_memory_mb"],
+                    "training_memory_at_2000_mb": found["mean_memory_mb"] * PAPER_EPOCHS / 1000,
+                }
+            )
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in OURS_COLUMNS:
+        if column not in table:
+            table[column] = math.nan
+    sp = table[(table["method"] == "SP") & (table["status"] == "ok")]
+    sp_row = sp.iloc[0] if not sp.empty else None
+    table["error_delta_pct"] = [
+        _delta_pct(v, sp_row["error_pct"]) if sp_row is not None else math.nan for v in table["error_pct"]
+    ]
+    table["model_size_delta_pct"] = [
+        _delta_pct(v, sp_row["model_size_mb"]) if sp_row is not None else math.nan for v in table["model_size_mb"]
+    ]
+    table["training_memory_delta_pct"] = [
+        _delta_pct(v, sp_row["mean_memory_mb"]) if sp_row is not None else math.nan for v in table["mean_memory_mb"]
+    ]
+    table["error_minus_paper"] = table["error_pct"] - table["paper_error_pct"]
+    table["model_size_minus_paper"] = table["model_size_mb"] - table["paper_model_size_mb"]
+    table["training_memory_minus_paper"] = table["training_memory_at_2000_mb"] - table["paper_training_memory_mb"]
+    return table[TABLE_COLUMNS]
+
+
+OURS_COLUMNS = [
+    "profile", "epochs", "seeds", "error_pct", "error_pct_std", "model_size_mb", "model_size_mb_std",
+    "training_memory_mb", "training_memory_mb_std", "mean_memory_mb", "training_memory_at_2000_mb",
+]  # fmt: skip
+TABLE_COLUMNS = [
+    "method", "batch_size", "alpha_bs", "status", "profile", "epochs", "seeds",
+    "error_pct", "error_pct_std", "error_delta_pct", "paper_error_pct", "paper_error_delta_pct", "error_minus_paper",
+    "model_size_mb", "model_size_mb_std", "model_size_delta_pct", "paper_model_size_mb", "paper_model_size_delta_pct",
+    "model_size_minus_paper",
+    "training_memory_mb", "training_memory_mb_std", "mean_memory_mb", "training_memory_delta_pct",
+    "training_memory_at_2000_mb", "paper_training_memory_mb", "paper_training_memory_delta_pct",
+    "training_memory_minus_paper", "produced_by",
+]  # fmt: skip
+
+
+def dataset_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: the datasets' properties, and how many training images the results used."""
+    rows = []
+    for key, name in DATASET_NAMES.items():
+        used = sorted({int(n) for n in runs.loc[runs["dataset"] == key, "n_train"].dropna()})
+        rows.append(
+            {
+                "dataset": name,
+                "training_images": 60_000,
+                "test_images": 10_000,
+                "image_size_pixels": "28×28",
+                "channels": 1,
+                "training_images_used": ", ".join(f"{n:,}" for n in used) if used else "none",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def frame_markdown(frame: pd.DataFrame, title: str) -> str:
+    """A plain Markdown table of a DataFrame, under a heading."""
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([f"# {title}", "", header, rule, *body]) + "\n"
+
+
+def _cell(value: float, std: float, seeds: float, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "missing"
+    text = f"{value:.{digits}f}"
+    if seeds and seeds > 1:
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def _pct(value: float) -> str:
+    return "" if value is None or math.isnan(value) else f" ({value:+.0f}%)"
+
+
+def table_markdown(table: pd.DataFrame, dataset: str) -> str:
+    """The table in the paper's form (value (Δ% vs SP)), with the paper's values and a footnote."""
+    lines = [
+        f"# Table {TABLE_NUMBER[dataset]}: {DATASET_NAMES[dataset]}",
+        "",
+        "| method | batch / α_bs | error % (Δ) | paper | model size MB (Δ) | paper | training memory MB "
+        "(per-epoch mean, Δ) | paper (2,000 epochs) | profile, epochs, seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        config = (
+            f"{row.alpha_bs:.3f}" if row.alpha_bs is not None and not pd.isna(row.alpha_bs) else str(row.batch_size)
+        )
+        if row.method == "SP":  # the reference: no Δ against itself, as in the paper
+            row = row._replace(
+                error_delta_pct=math.nan, model_size_delta_pct=math.nan, training_memory_delta_pct=math.nan
+            )
+        if row.status == "missing":
+            lines.append(
+                f"| {row.method} | {config} | missing | {row.paper_error_pct:.2f} | missing | "
+                f"{row.paper_model_size_mb:.3f} | missing | {row.paper_training_memory_mb:.3f} | "
+                f"run `dynhp-bench sweep --file {row.produced_by}` |"
+            )
+            continue
+        lines.append(
+            f"| {row.method} | {config} "
+            f"| {_cell(row.error_pct, row.error_pct_std, row.seeds, 2)}{_pct(row.error_delta_pct)} "
+            f"| {row.paper_error_pct:.2f}{_pct(row.paper_error_delta_pct)} "
+            f"| {_cell(row.model_size_mb, row.model_size_mb_std, row.seeds, 3)}{_pct(row.model_size_delta_pct)} "
+            f"| {row.paper_model_size_mb:.3f}{_pct(row.paper_model_size_delta_pct)} "
+            f"| {_cell(row.training_memory_mb, row.training_memory_mb_std, row.seeds, 3)} "
+            f"({row.mean_memory_mb:.3f}/epoch){_pct(row.training_memory_delta_pct)} "
+            f"| {row.paper_training_memory_mb:.3f}{_pct(row.paper_training_memory_delta_pct)} "
+            f"| {row.profile}, {int(row.epochs)}, {int(row.seeds)} |"
+        )
+    epochs = table["epochs"].dropna()
+    lines.append("")
+    lines.append(
+        "Δ: difference from SP in %, as in the paper. Model size: the final network's weights and biases. "
+        "Training memory: Σ over epochs of (model + batch) MB / 1000."
+    )
+    if not epochs.empty and epochs.min() < PAPER_EPOCHS:
+        span = f"{int(epochs.min())}" if epochs.min() == epochs.max() else f"{int(epochs.min())}–{int(epochs.max())}"
+        lines.append(
+            f"Runs here have {span} epochs, not the paper's {PAPER_EPOCHS:,}: "
+            "training memory is shown as computed and as a per-epoch mean, and its Δ% is taken on the per-epoch "
+            "mean so that it stays comparable with the paper's. The CSV's `training_memory_at_2000_mb` is the "
+            "per-epoch mean over 2,000 epochs, set against the paper's value."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def missing_rows(tables: dict[str, pd.DataFrame]) -> list[str]:
+    """One line per missing paper configuration, naming the sweep file that produces it."""
+    out = []
+    for dataset, table in tables.items():
+        for row in table[table["status"] == "missing"].itertuples():
+            what = (
+                f"α_bs {row.alpha_bs:.3f}"
+                if row.alpha_bs is not None and not pd.isna(row.alpha_bs)
+                else (f"batch {row.batch_size}")
+            )
+            out.append(f"{DATASET_NAMES[dataset]} {row.method} {what}: produced by {row.produced_by}")
+    return out

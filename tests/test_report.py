@@ -1,0 +1,239 @@
+"""Tables, figures and the CI gate on hand-made run folders with known values."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from dynhp_bench import figures, report
+from dynhp_bench.cli import main
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, to_mb
+from dynhp_bench.results import RunFolder, run_path
+from dynhp_bench.train import summarize
+
+FULL_BYTES = 1_066_440
+
+
+def make_run(
+    root: Path,
+    config: TrainConfig,
+    *,
+    errors: list[float],
+    model_bytes: list[int] | None = None,
+    batches: list[int] | None = None,
+    expected_active: tuple[float, float, float] = (700.0, 250.0, 80.0),
+    complete: bool = True,
+) -> Path:
+    """Write a run folder as `train` would, with the given per-epoch values."""
+    n = len(errors)
+    model_bytes = model_bytes or [FULL_BYTES] * n
+    batches = batches or [config.batch_size] * n
+    records = []
+    for i in range(n):
+        records.append(
+            EpochRecord(
+                epoch=i + 1, strategy=config.strategy, dataset=config.dataset, seed=config.seed,
+                batch_size=batches[i], train_loss=1.0, train_penalty=0.1, test_error_pct=errors[i],
+                active_0=784, active_1=300, active_2=100, expected_active_0=expected_active[0],
+                expected_active_1=expected_active[1], expected_active_2=expected_active[2],
+                model_bytes=model_bytes[i], batch_bytes=batch_bytes(batches[i]),
+                memory_mb=memory_mb(model_bytes[i], batch_bytes(batches[i])), model_size_mb=to_mb(model_bytes[i]),
+                trainable_params=0, footprint_bytes=0, variance_ratio=math.nan, batch_cap=None, steps=1,
+                wall_s=0.1, peak_rss_bytes=0,
+            )
+        )  # fmt: skip
+    folder = RunFolder(run_path(root, config.run_id))
+    folder.start({"run_id": config.run_id, "settings": config.to_dict()})
+    for record in records:
+        folder.append_epoch(record)
+    if complete:
+        folder.finish(summarize(config, records, n_train=60_000, wall_s=1.0))
+    return folder.path
+
+
+def sp(**kw: object) -> TrainConfig:
+    return TrainConfig(**{"strategy": "sp", "batch_size": 512, "profile": "paper", **kw})  # type: ignore[arg-type]
+
+
+def test_sp_row_reproduces_the_papers_1041_and_5219(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=2000), errors=[1.42] * 2000)
+    table = report.paper_table(report.configurations(report.index_runs(tmp_path).runs), "mnist")
+    row = table[table["method"] == "SP"].iloc[0]
+    assert row["status"] == "ok" and row["epochs"] == 2000 and row["seeds"] == 1
+    assert round(row["model_size_mb"], 3) == 1.041 and row["model_size_minus_paper"] == pytest.approx(0.0, abs=5e-4)
+    assert round(row["training_memory_mb"], 3) == 5.219
+    assert row["training_memory_at_2000_mb"] == pytest.approx(row["training_memory_mb"])
+    assert row["error_minus_paper"] == pytest.approx(0.0)
+    assert (table[table["method"] == "DynHP"]["status"] == "missing").all()
+
+
+def test_deltas_are_against_our_sp_row_and_short_runs_compare_per_epoch(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=10), errors=[2.0] * 10)
+    hp_bytes = [FULL_BYTES - 100_000 * i for i in range(10)]
+    make_run(tmp_path, TrainConfig(strategy="hp", batch_size=100, epochs=10, profile="paper"), errors=[3.0] * 10,
+             model_bytes=hp_bytes)  # fmt: skip
+    table = report.paper_table(report.configurations(report.index_runs(tmp_path).runs), "mnist").set_index("method")
+    assert table.loc["HP", "error_delta_pct"] == pytest.approx(50.0)
+    assert table.loc["HP", "model_size_mb"] == pytest.approx(to_mb(hp_bytes[-1]))
+    assert table.loc["HP", "model_size_delta_pct"] == pytest.approx((hp_bytes[-1] - FULL_BYTES) / FULL_BYTES * 100)
+    hp_mean = sum(memory_mb(b, batch_bytes(100)) for b in hp_bytes) / 10
+    sp_mean = memory_mb(FULL_BYTES, batch_bytes(512))
+    assert table.loc["HP", "training_memory_delta_pct"] == pytest.approx((hp_mean - sp_mean) / sp_mean * 100)
+    assert table.loc["HP", "training_memory_at_2000_mb"] == pytest.approx(hp_mean * 2)
+    markdown = report.table_markdown(table.reset_index(), "mnist")
+    assert "Runs here have 10 epochs" in markdown and "| SP | 512 | 2.00 |" in markdown
+
+
+def test_several_seeds_give_mean_and_std(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=3, seed=0), errors=[5.0, 3.0, 1.0])
+    make_run(tmp_path, sp(epochs=3, seed=1), errors=[5.0, 3.0, 2.0])
+    configs = report.configurations(report.index_runs(tmp_path).runs)
+    assert len(configs) == 1
+    assert configs.iloc[0]["seeds"] == 2
+    assert configs.iloc[0]["final_error_pct"] == pytest.approx(1.5)
+    assert configs.iloc[0]["final_error_pct_std"] == pytest.approx(math.sqrt(0.5))
+    markdown = report.table_markdown(report.paper_table(configs, "mnist"), "mnist")
+    assert "1.50 ± 0.71" in markdown
+
+
+def test_the_longest_profile_is_chosen_and_other_settings_do_not_match(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=2, profile="smoke"), errors=[9.0, 8.0])
+    make_run(tmp_path, sp(epochs=4, profile="quick"), errors=[9.0, 8.0, 7.0, 6.0])
+    make_run(tmp_path, sp(epochs=9, lam=0.5), errors=[1.0] * 9)  # not the paper's λ
+    table = report.paper_table(report.configurations(report.index_runs(tmp_path).runs), "mnist")
+    row = table[table["method"] == "SP"].iloc[0]
+    assert (row["profile"], row["epochs"], row["error_pct"]) == ("quick", 4, 6.0)
+
+
+def test_unfinished_runs_are_listed_not_read(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=2), errors=[1.0, 1.0])
+    unfinished = make_run(tmp_path, sp(epochs=3), errors=[1.0, 1.0], complete=False)
+    index = report.index_runs(tmp_path)
+    assert len(index.runs) == 1 and index.incomplete == [unfinished]
+
+
+def test_figure_data_follow_their_inputs(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=3), errors=[3.0, 2.0, 1.0], expected_active=(600.0, 200.0, 50.0))
+    hp_bytes = [FULL_BYTES, 900_000, 800_000]
+    make_run(tmp_path, TrainConfig(strategy="hp", batch_size=100, epochs=3, profile="paper"), errors=[4.0, 3.0, 2.5],
+             model_bytes=hp_bytes)  # fmt: skip
+    make_run(tmp_path, TrainConfig(strategy="dynhp", alpha_bs=0.972, epochs=3, profile="paper"),
+             errors=[6.0, 4.0, 2.0], batches=[16, 19, 23])  # fmt: skip
+    make_run(tmp_path, sp(batch_size=64, epochs=3), errors=[7.0, 6.0, 5.0])
+    configs = report.configurations(report.index_runs(tmp_path).runs)
+
+    fig1 = figures.fig1_data(configs)
+    sp_input = fig1[(fig1["series"] == "SP") & (fig1["layer"] == "input")]
+    assert sp_input["neurons"].tolist() == [600.0] * 3
+    assert fig1[(fig1["series"] == "HP") & (fig1["layer"] == "HL-1")]["neurons"].tolist() == [300] * 3
+    fig2 = figures.fig2_data(configs)
+    assert fig2[fig2["series"] == "HP"]["memory_mb"].tolist() == pytest.approx(
+        [memory_mb(b, batch_bytes(100)) for b in hp_bytes]
+    )
+    fig3 = figures.batch_grid_data(configs, "mnist")
+    assert sorted(fig3.loc[fig3["strategy"] == "SP", "series"].unique()) == ["batch 512", "batch 64"]
+    assert fig3.loc[fig3["strategy"] == "HP", "series"].unique().tolist() == ["batch 100"]
+    assert fig3[fig3["series"] == "batch 64"]["test_error_pct"].tolist() == [7.0, 6.0, 5.0]
+    fig6 = figures.fig6_data(configs)
+    assert fig6["batch_size"].tolist() == [16, 19, 23] and set(fig6["series"]) == {"α_bs 0.972"}
+    fig5 = figures.fig5_data(configs)
+    assert fig5[fig5["series"] == "α_bs 0.972"]["test_error_pct"].tolist() == [6.0, 4.0, 2.0]
+    fig7 = figures.fig7_data(configs)
+    virtual = fig7[fig7["series"] == "SP virtual"]["memory_mb"].iloc[0]
+    by_hand = 4 * (600 * 200 + 200 + 200 * 50 + 50 + 50 * 10 + 10) + batch_bytes(512)
+    assert virtual == pytest.approx(by_hand / 1024 / 1000)
+    written = figures.write_figures(configs, tmp_path / "report")
+    for name, (png, rows) in written.items():
+        assert png.is_file() and (tmp_path / "report" / f"{name}.csv").is_file()
+        assert len(pd.read_csv(tmp_path / "report" / f"{name}.csv")) == rows
+
+
+def _run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err
+
+
+def test_report_on_partial_results_warns_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, sp(epochs=2), errors=[2.0, 1.0])
+    code, _, err = _run_cli(["report", "--paper-tables", "--results", str(tmp_path)], capsys)
+    assert code == 0
+    assert "MNIST DynHP α_bs 0.971: produced by sweeps/table2_mnist.toml" in err
+    table2 = pd.read_csv(tmp_path / "report" / "table2_mnist.csv")
+    assert table2["status"].tolist() == ["ok"] + ["missing"] * 6
+    for name in ("table1_datasets", "table2_mnist", "table3_fashion"):
+        assert (tmp_path / "report" / f"{name}.csv").is_file() and (tmp_path / "report" / f"{name}.md").is_file()
+    assert len(list((tmp_path / "report").glob("fig*.png"))) == 7
+
+
+def test_report_without_results_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run_cli(["report", "--paper-tables", "--results", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: no complete runs under")
+
+
+def test_check_passes_on_its_own_results_and_fails_on_a_regression(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results"
+    run = make_run(results, sp(epochs=2), errors=[2.0, 1.0])
+    make_run(results, TrainConfig(strategy="hp", batch_size=100, epochs=2, profile="paper"), errors=[3.0, 2.0])
+    baseline = tmp_path / "baseline.json"
+    assert _run_cli(["check", "--baseline", str(baseline), "--results", str(results), "--update"], capsys)[0] == 0
+    document = json.loads(baseline.read_text())
+    assert len(document["configurations"]) == 2
+    assert document["configurations"][0]["tolerance"]["error_pp"] == 1.0
+    code, out, _ = _run_cli(["check", "--baseline", str(baseline), "--results", str(results)], capsys)
+    assert code == 0 and "all 6 checks passed" in out
+
+    summary = json.loads((run / "summary.json").read_text())
+    summary["final_error_pct"] += 1.5  # beyond the 1.0 pp tolerance
+    (run / "summary.json").write_text(json.dumps(summary))
+    junit = tmp_path / "junit.xml"
+    code, out, err = _run_cli(
+        ["check", "--baseline", str(baseline), "--results", str(results), "--junit", str(junit)], capsys
+    )
+    assert code == 1 and "regressed" in out and "1 of 6 checks failed" in err
+    suite = ET.parse(junit).getroot()
+    assert (suite.get("tests"), suite.get("failures")) == ("6", "1")
+    failure = suite.find("testcase[@name='final_error_pct']/failure")
+    assert failure is not None and "regressed" in failure.get("message", "")
+
+
+def test_check_fails_on_a_missing_configuration_and_passes_an_improvement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results"
+    run = make_run(results, sp(epochs=2), errors=[2.0, 1.0])
+    baseline = tmp_path / "baseline.json"
+    _run_cli(["check", "--baseline", str(baseline), "--results", str(results), "--update"], capsys)
+    summary = json.loads((run / "summary.json").read_text())
+    summary["final_error_pct"] = 0.5
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, out, _ = _run_cli(["check", "--baseline", str(baseline), "--results", str(results)], capsys)
+    assert code == 0 and "improved" in out
+    other = tmp_path / "other"
+    make_run(other, sp(epochs=2, seed=5), errors=[2.0, 1.0])
+    code, out, _ = _run_cli(["check", "--baseline", str(baseline), "--results", str(other)], capsys)
+    assert code == 0, "a different seed of the same configuration is the same configuration"
+    make_run(other, TrainConfig(strategy="hp", batch_size=100, epochs=2, profile="paper"), errors=[1.0, 1.0])
+    document = json.loads(baseline.read_text())
+    document["configurations"][0]["key"]["batch_size"] = 256
+    document["configurations"][0]["name"] = "renamed"
+    baseline.write_text(json.dumps(document))
+    code, out, _ = _run_cli(["check", "--baseline", str(baseline), "--results", str(other)], capsys)
+    assert code == 1 and "missing" in out
+
+
+def test_a_malformed_baseline_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, sp(epochs=2), errors=[2.0, 1.0])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    code, _, err = _run_cli(["check", "--baseline", str(bad), "--results", str(tmp_path)], capsys)
+    assert code == 2 and "is not a dynhp-bench baseline" in err
