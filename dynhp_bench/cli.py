@@ -3,29 +3,65 @@ exit status (2 for anything a user can cause, 130 for an interrupt)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
+import inspect
 import math
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import pandas as pd
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from dynhp_bench import __version__, figures, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
 from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
-from dynhp_bench.config import CHOICES, PROFILES, TrainConfig, resolve_config
+from dynhp_bench.config import CHOICES, DEFAULT_PROFILE, PROFILES, TrainConfig, resolve_config
 from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord, to_mb
 from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path
+from dynhp_bench.sweep import (
+    PAPER_SWEEPS,
+    SWEEPABLE,
+    SWEEPS_DIR,
+    PoolOutcome,
+    Snapshot,
+    Sweep,
+    TrialView,
+    WorkerPlan,
+    check_data,
+    check_storage,
+    combine,
+    command_line_spec,
+    epochs_done,
+    expand,
+    group_results,
+    parse_seeds,
+    parse_storage,
+    read_sweep_file,
+    run_pool,
+    threads_per_worker,
+    work,
+)
+from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS
 from dynhp_bench.train import DEVICES, Runtime, train
 
 app = typer.Typer(
@@ -488,3 +524,330 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(result if isinstance(result, int) else 0)
+
+
+# --- sweeps ------------------------------------------------------------------------------------------------------
+
+# train's options that fix a sweep's settings (and the runtime ones a sweep shares), reused as they are.
+SETTING_OPTIONS = (
+    "dataset", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes", "subset",
+    "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling",
+)  # fmt: skip
+RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
+FIXED_SETTINGS = "Fixed settings (as for train)"
+STORAGE_ENV = "DYNHP_STORAGE"  # keeps a PostgreSQL password off the command line and out of shell history
+INTERRUPTED = "interrupted: the running trials were failed; run the same command again to finish the sweep"
+
+
+def _with_train_options(names: Sequence[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command `train`'s options `names` as they are defined there; they arrive as one dict, `train_options`.
+
+    Defining each option once keeps `train` and `sweep` from drifting apart (same flags, help and defaults).
+    """
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        source = inspect.signature(train_command, eval_str=True).parameters
+        own = inspect.signature(func, eval_str=True)
+        params = [p for p in own.parameters.values() if p.name != "train_options"]
+        for name in names:
+            param = source[name]
+            base, info = get_args(param.annotation)
+            if name in SETTING_OPTIONS and info.rich_help_panel is None:
+                info = copy.copy(info)
+                info.rich_help_panel = FIXED_SETTINGS
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[base, info]))
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            options = {name: kwargs.pop(name) for name in names}
+            return func(**kwargs, train_options=options)
+
+        del wrapper.__wrapped__  # Typer must read the signature below, not the wrapped function's
+        wrapper.__signature__ = own.replace(parameters=params)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+    return decorate
+
+
+# The options `sweep` and `reproduce` share.
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Study storage: postgresql://USER:PASSWORD@HOST:PORT/DB, or a journal file path",
+        show_default="OUT/study.journal",
+        envvar=STORAGE_ENV,
+    ),
+]
+WorkersOption = Annotated[int, typer.Option(help="Local worker processes")]
+ThreadsOption = Annotated[
+    int | None, typer.Option(help="Torch CPU threads in all, split between the workers", show_default="all cores")
+]
+HeartbeatOption = Annotated[
+    int, typer.Option(help=f"PostgreSQL: seconds between heartbeats; {GRACE_HEARTBEATS} missed fail the trial")
+]
+QuietOption = Annotated[bool, typer.Option(help="No progress display")]
+
+
+@app.command("sweep")
+@_with_train_options(SETTING_OPTIONS + RUNTIME_OPTIONS)
+def sweep_command(
+    param: Annotated[
+        str | None, typer.Argument(help=f"The parameter to sweep: {' | '.join(SWEEPABLE)}", show_default=False)
+    ] = None,
+    *,
+    range_: Annotated[
+        str | None,
+        typer.Option("--range", help="A:B[:STEP], both ends included; STEP defaults to one unit of the finest decimal"),
+    ] = None,
+    values: Annotated[str | None, typer.Option(help="Exact values v1,v2,…")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A sweep file, e.g. sweeps/table2_mnist.toml")] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Repeat each point with these seeds: 0,1,2", show_default="0")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Search: let the sampler pick this many points of --range instead of all")
+    ] = None,
+    sampler: Annotated[str | None, typer.Option(help="Search sampler: tpe | random", show_default="tpe")] = None,
+    name: Annotated[str | None, typer.Option(help="Sweep name; studies are NAME.GROUP.PROFILE")] = None,
+    storage: StorageOption = None,
+    workers: WorkersOption = 1,
+    threads: ThreadsOption = None,
+    heartbeat_s: HeartbeatOption = DEFAULT_HEARTBEAT_S,
+    quiet: QuietOption = False,
+    train_options: dict[str, Any],
+) -> None:
+    """Run every point × seed of a grid once (or a sampler's search), resumable, with any number of workers."""
+    options = dict(train_options)
+    runtime_options = {key: options.pop(key) for key in RUNTIME_OPTIONS}
+    settings = {("lambda" if k == "lambda_" else k): v for k, v in options.items() if v is not None}
+    if file is not None:
+        extra = [flag for flag, v in (("PARAM", param), ("--range", range_), ("--values", values),
+                                      ("--trials", trials), ("--sampler", sampler)) if v is not None]  # fmt: skip
+        if extra:
+            raise SettingsError(f"{extra[0]} cannot be combined with --file; the sweep file names what it sweeps")
+        spec = read_sweep_file(file)
+        if name is not None:
+            spec = dataclasses.replace(spec, name=name)
+    elif param is None:
+        raise SettingsError(
+            f"no parameter to sweep; expected PARAM ({', '.join(SWEEPABLE)}) or --file sweeps/NAME.toml"
+        )
+    else:
+        spec = command_line_spec(
+            param, range_text=range_, values=values, settings=settings, trials=trials, sampler=sampler, name=name
+        )
+    sweep = expand(
+        spec,
+        overrides=settings,
+        seeds=parse_seeds(seeds) if seeds is not None else None,
+        settings_file=runtime_options["config"],
+    )
+    status = _run_sweep(sweep, runtime_options, storage=storage, workers=workers, threads=threads,
+                        heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
+    if status:
+        raise typer.Exit(status)
+
+
+@app.command("reproduce")
+@_with_train_options(("data_dir", "out", "device"))
+def reproduce_command(
+    *,
+    profile: Annotated[
+        str, typer.Option(help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()))
+    ] = DEFAULT_PROFILE,
+    storage: StorageOption = None,
+    workers: WorkersOption = 1,
+    threads: ThreadsOption = None,
+    heartbeat_s: HeartbeatOption = DEFAULT_HEARTBEAT_S,
+    sweeps_dir: Annotated[
+        Path, typer.Option(help="Folder of the paper's sweep files", show_default="sweeps/ beside the package")
+    ] = SWEEPS_DIR,
+    quiet: QuietOption = False,
+    train_options: dict[str, Any],
+) -> None:
+    """Run every sweep file the paper's tables and figures need, skipping runs already complete."""
+    sweeps = [
+        expand(read_sweep_file(sweeps_dir / f"{name}.toml"), overrides={"profile": profile}) for name in PAPER_SWEEPS
+    ]
+    sweep = combine(sweeps, name="reproduce", description=f"the paper's tables and figures, {profile} profile")
+    status = _run_sweep(sweep, train_options, storage=storage, workers=workers, threads=threads,
+                        heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
+    results_root = Path(train_options["out"]).resolve()
+    complete = len({p.run_id for p in sweep.points if RunFolder(run_path(results_root, p.run_id)).is_complete})
+    out_console.print(
+        f"{complete} runs of the {profile} profile are in {results_root / 'runs'}; "
+        f"`dynhp-bench report` reads them from the results folder {results_root}"
+    )
+    if status:
+        raise typer.Exit(status)
+
+
+@app.command("sweep-worker", hidden=True)
+def sweep_worker_command() -> None:
+    """Run one sweep worker on the plan read from stdin (the `sweep` command starts these)."""
+    plan = WorkerPlan.from_json(sys.stdin.read())
+    try:
+        work(plan)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _run_sweep(
+    sweep: Sweep,
+    runtime_options: dict[str, Any],
+    *,
+    storage: str | None,
+    workers: int,
+    threads: int | None,
+    heartbeat_s: int,
+    quiet: bool,
+) -> int:
+    """Check everything, then run the pool with a progress display; return the exit status (0 when finished)."""
+    if workers < 1:
+        raise SettingsError(f"--workers={workers} is not valid; expected an integer ≥ 1")
+    if threads is not None and threads < 1:
+        raise SettingsError(f"--threads={threads} is not valid; expected an integer ≥ 1")
+    if heartbeat_s < 1:
+        raise SettingsError(f"--heartbeat-s={heartbeat_s} is not valid; expected an integer ≥ 1")
+    out = Path(runtime_options["out"])
+    runtime = Runtime(
+        data_dir=runtime_options["data_dir"],
+        results_root=out,
+        threads=threads_per_worker(workers, threads),
+        device=runtime_options["device"],
+    )
+    runtime.torch_device()
+    check_data(sweep, runtime.data_dir)
+    target = parse_storage(storage, out)
+    check_storage(target)
+    plan = WorkerPlan(sweep, target, runtime, heartbeat_s=heartbeat_s)
+    runs = len({p.run_id for p in sweep.points})
+    err_console.print(
+        f"[bold]sweep {sweep.name}[/]: {len(sweep.groups)} group(s), {runs} runs, {workers} worker(s) × "
+        f"{runtime.threads} thread(s), studies in {target.shown}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        with _SweepProgress(plan, enabled=not quiet) as progress:
+            outcome = run_pool(plan, workers=workers, on_update=progress.update)
+    except KeyboardInterrupt:
+        err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        raise
+    _print_sweep_summary(plan, outcome.final)
+    return _sweep_status(outcome)
+
+
+def _sweep_status(outcome: PoolOutcome) -> int:
+    for ended in outcome.exits:
+        if ended.returncode < 0:
+            err_console.print(f"worker {ended.pid} was ended by signal {-ended.returncode}", highlight=False)
+    codes = {ended.returncode for ended in outcome.exits}
+    if 130 in codes:
+        err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        return 130
+    if 2 in codes:
+        return 2  # the worker printed its one-line error
+    final = outcome.final
+    if final.done < final.total:
+        err_console.print(
+            f"sweep unfinished: {final.total - final.done} of {final.total} trials left; "
+            "run the same command again to finish it",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+class _SweepProgress:
+    """A bar over trials (done / running / failed / left) above one epoch bar per running run; a plain line per
+    finished trial."""
+
+    def __init__(self, plan: WorkerPlan, *, enabled: bool) -> None:
+        self.plan = plan
+        self.enabled = enabled
+        self.live = enabled and err_console.is_terminal
+        self.epochs = {p.run_id: p.config.epochs for p in plan.sweep.points}
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=not self.live,
+        )
+        self.trials_task = self.progress.add_task("trials", total=None, status="")
+        self.run_tasks: dict[str, TaskID] = {}
+        self.seen: set[tuple[str, int]] | None = None
+        self.finished = 0
+
+    def __enter__(self) -> _SweepProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, snap: Snapshot) -> None:
+        finished = [t for t in snap.trials if t.state in ("COMPLETE", "FAIL")]
+        if self.seen is None:  # trials finished before this command started
+            self.seen = {(t.study, t.number) for t in finished}
+            self.finished = snap.done
+            if snap.done and self.enabled:
+                self.progress.console.print(
+                    f"resuming: {snap.done} of {snap.total} trials already done", soft_wrap=True
+                )
+        for trial in finished:
+            if (trial.study, trial.number) not in self.seen:
+                self.seen.add((trial.study, trial.number))
+                self.finished += int(trial.state == "COMPLETE")
+                if self.enabled:
+                    line = _trial_line(trial, self.finished, snap.total)
+                    self.progress.console.print(line, highlight=False, soft_wrap=True)
+        if not self.live:
+            return
+        status = f"done {snap.done} · running {snap.running} · failed {snap.failed} · left {snap.left}"
+        self.progress.update(self.trials_task, total=snap.total, completed=snap.done, status=status)
+        root = self.plan.runtime.results_root
+        running = set(snap.running_runs)
+        for run_id in list(self.run_tasks):
+            if run_id not in running:
+                self.progress.remove_task(self.run_tasks.pop(run_id))
+        for run_id in running:
+            if run_id not in self.run_tasks:
+                self.run_tasks[run_id] = self.progress.add_task(f"  {run_id}", total=self.epochs.get(run_id), status="")
+            self.progress.update(self.run_tasks[run_id], completed=epochs_done(root, run_id), status="epochs")
+
+
+def _trial_line(trial: TrialView, count: int, total: int) -> str:
+    what = f"{trial.group}: {trial.param}={trial.value}" + ("" if trial.seed is None else f" seed {trial.seed}")
+    runs = ", ".join(trial.run_ids)
+    if trial.state == "COMPLETE" and trial.final_error_pct is not None:
+        return (
+            f"trial {count}/{total} complete  {what}  error {trial.final_error_pct:.2f} %  "
+            f"training memory {trial.training_memory_mb:.4f} MB  {runs}"
+        )
+    return f"trial failed  {what}  {runs}: {trial.note or 'no reason recorded'}; its point is claimed again"
+
+
+def _print_sweep_summary(plan: WorkerPlan, snap: Snapshot) -> None:
+    table = Table(title=f"sweep {plan.sweep.name}: {snap.done} of {snap.total} trials done")
+    for column in ("group", "done", "best error", "least training memory"):
+        table.add_column(column)
+    for result in group_results(plan, snap):
+        group = result.group
+        best, least = result.best_error, result.least_memory
+        table.add_row(
+            group.name,
+            f"{result.done}/{group.size}",
+            "—" if best is None else f"{group.param}={best.value}: {best.final_error_pct:.2f} %",
+            "—" if least is None else f"{group.param}={least.value}: {least.training_memory_mb:.4f} MB",
+        )
+    out_console.print(table)
+    studies = ", ".join(g.study for g in plan.sweep.groups)
+    out_console.print(
+        f"runs in {Path(plan.runtime.results_root) / 'runs'}; studies {studies} in {plan.storage.shown}", soft_wrap=True
+    )

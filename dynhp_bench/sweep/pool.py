@@ -1,0 +1,136 @@
+"""Local worker processes: start K of them on one plan, watch the studies while they run, stop them on an interrupt.
+
+Each worker is a separate Python process (``python -m dynhp_bench sweep-worker``) that reads its plan as JSON on
+stdin (the plan may hold a storage password, which therefore never appears on a command line). The pool itself
+trains nothing: it reads the studies every `poll_s` seconds and hands a `Snapshot` to the caller's display.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dynhp_bench
+from dynhp_bench.data import RAW_FILES, load_dataset, raw_folder, resolve_data_dir
+from dynhp_bench.errors import DataError
+from dynhp_bench.sweep.progress import Snapshot, snapshot
+from dynhp_bench.sweep.spec import Sweep
+from dynhp_bench.sweep.storage import Store, open_store
+from dynhp_bench.sweep.worker import WorkerPlan, open_studies
+
+POLL_S = 0.5
+STOP_WAIT_S = 15.0
+GRACE_S = 5.0  # a worker's clean stop (finish the step, fail the trial) before it is interrupted again
+
+
+@dataclass(frozen=True)
+class WorkerExit:
+    """How one worker process ended: its pid and exit status (negative: the signal that ended it)."""
+
+    pid: int
+    returncode: int
+
+
+@dataclass(frozen=True)
+class PoolOutcome:
+    """The sweep's state after every local worker ended, and how each ended."""
+
+    final: Snapshot
+    exits: tuple[WorkerExit, ...]
+
+
+def check_data(sweep: Sweep, data_dir: Path | None) -> None:
+    """Make sure every dataset the sweep trains on is there (downloading it if missing and online), and large enough
+    for the runs' ``subset``, before anything is written; the errors are the one-line `DataError`s of `train`."""
+    root = resolve_data_dir(data_dir)
+    for name in sorted({p.config.dataset for p in sweep.points}):
+        folder = raw_folder(root, name)
+        if not all((folder / f).is_file() for f in RAW_FILES):
+            load_dataset(name, root)
+        subset = max((p.config.subset or 0) for p in sweep.points if p.config.dataset == name)
+        n_train = _idx_count(folder / RAW_FILES[0])
+        if n_train is not None and subset > n_train:
+            raise DataError(f"--subset={subset} is larger than the {n_train} training images of {name}")
+
+
+def _idx_count(path: Path) -> int | None:
+    """The item count in an IDX file's header (bytes 4-8, big-endian), or None when unreadable."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(8)
+    except OSError:
+        return None
+    return int.from_bytes(header[4:8], "big") if len(header) == 8 else None
+
+
+def threads_per_worker(workers: int, threads: int | None = None) -> int:
+    """Torch threads for each of `workers` processes: the cores (or `threads`) split between them, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    total = threads or cores
+    return max(1, total // workers)
+
+
+def run_pool(
+    plan: WorkerPlan,
+    *,
+    workers: int,
+    on_update: Callable[[Snapshot], None],
+    poll_s: float = POLL_S,
+) -> PoolOutcome:
+    """Create the studies, start `workers` worker processes and report progress until all of them have ended."""
+    store: Store = open_store(plan.storage, heartbeat_s=plan.heartbeat_s)
+    try:
+        studies = open_studies(plan, store)
+        first = snapshot(plan, studies)
+        if first.done >= first.total:  # nothing left: no need to start a worker
+            on_update(first)
+            return PoolOutcome(first, ())
+        processes = [_start(plan) for _ in range(workers)]
+        try:
+            while any(p.poll() is None for p in processes):
+                on_update(snapshot(plan, studies))
+                time.sleep(poll_s)
+        except KeyboardInterrupt:
+            _stop(processes)
+            raise
+        final = snapshot(plan, studies)
+        on_update(final)
+        return PoolOutcome(final, tuple(WorkerExit(p.pid, p.returncode) for p in processes))
+    finally:
+        store.close()
+
+
+def _start(plan: WorkerPlan) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    # Workers import the same dynhp_bench as this process, wherever it comes from.
+    source = str(Path(dynhp_bench.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (source, env.get("PYTHONPATH")) if p)
+    process = subprocess.Popen([sys.executable, "-m", "dynhp_bench", "sweep-worker"], stdin=subprocess.PIPE, env=env)
+    assert process.stdin is not None
+    process.stdin.write(plan.to_json().encode())
+    process.stdin.close()
+    return process
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Interrupt the workers (each fails its trial so the point is claimed again), then wait; kill stragglers."""
+    # On a terminal, Ctrl-C has reached the workers already; give them a moment before interrupting them again.
+    deadline = time.monotonic() + GRACE_S
+    while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+        time.sleep(0.1)
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + STOP_WAIT_S
+    for process in processes:
+        try:
+            process.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,301 @@
+"""The worker loop: claim the next point through the study storage, train it with `train`, report it, repeat.
+
+A grid point is finished when its group's study holds a COMPLETE trial for its run id. Under the storage's claim
+lock a worker fails the trials of dead workers, then takes the first point that is neither finished nor RUNNING
+anywhere in the plan: it enqueues the point as a WAITING trial and pops it with `ask()` (atomic in both storages),
+tags it with its worker id and releases the lock. So each point is trained by one worker at a time and ends with
+exactly one COMPLETE trial; a point whose worker died is failed and claimed again, and `train` restarts its
+unfinished run folder from scratch. Workers that find nothing to claim wait while other trials run (one of them may
+still die) and stop when every group is finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.errors import SettingsError
+from dynhp_bench.sweep.spec import Point, ResolvedGroup, Search, Sweep, value_setting
+from dynhp_bench.sweep.storage import (
+    DEFAULT_HEARTBEAT_S,
+    FAILED_ATTR,
+    WORKER_ATTR,
+    StorageTarget,
+    Store,
+    file_lock,
+    open_store,
+)
+from dynhp_bench.train import Runtime, train
+
+POLL_S = 1.0
+DONE = "done"
+WAIT = "wait"
+RUN_LOCKS = ".locks"
+RESULT_ATTRS = ("final_error_pct", "training_memory_mb", "model_size_mb")
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Everything a worker process needs: the resolved sweep, the storage and the runtime."""
+
+    sweep: Sweep
+    storage: StorageTarget
+    runtime: Runtime
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S
+
+    def to_json(self) -> str:
+        """The plan as JSON (it holds the storage URL with its password: pass it on a pipe, never print it)."""
+        groups = [
+            {
+                "name": g.name,
+                "study": g.study,
+                "param": g.param,
+                "search": None if g.search is None else _search_json(g.search),
+                "points": [{"value": str(p.value), "seed": p.seed, "settings": p.config.to_dict()} for p in g.points],
+            }
+            for g in self.sweep.groups
+        ]
+        runtime = self.runtime
+        return json.dumps(
+            {
+                "sweep": {"name": self.sweep.name, "description": self.sweep.description, "groups": groups},
+                "storage": self.storage.to_text(),
+                "runtime": {
+                    "data_dir": None if runtime.data_dir is None else str(runtime.data_dir),
+                    "results_root": str(runtime.results_root),
+                    "threads": runtime.threads,
+                    "device": runtime.device,
+                },
+                "heartbeat_s": self.heartbeat_s,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerPlan:
+        """Rebuild a plan from `to_json` output, checking each run id survives the trip."""
+        try:
+            data = json.loads(text)
+            groups = []
+            for g in data["sweep"]["groups"]:
+                points = tuple(
+                    Point(Decimal(p["value"]), p["seed"], TrainConfig.from_dict(p["settings"])) for p in g["points"]
+                )
+                search = None if g["search"] is None else _search_from_json(g["search"])
+                groups.append(ResolvedGroup(g["name"], g["study"], g["param"], points, search))
+            sweep = Sweep(data["sweep"]["name"], data["sweep"]["description"], tuple(groups))
+            storage_text, runtime = data["storage"], data["runtime"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SettingsError(f"worker plan is not valid ({exc}); expected the JSON a sweep writes") from None
+        storage = (
+            StorageTarget(url=storage_text) if "://" in storage_text else StorageTarget(journal=Path(storage_text))
+        )
+        return cls(
+            sweep=sweep,
+            storage=storage,
+            runtime=Runtime(
+                data_dir=None if runtime["data_dir"] is None else Path(runtime["data_dir"]),
+                results_root=Path(runtime["results_root"]),
+                threads=runtime["threads"],
+                device=runtime["device"],
+            ),
+            heartbeat_s=int(data["heartbeat_s"]),
+        )
+
+
+@dataclass
+class Claim:
+    """A trial this worker holds, and the runs (one per seed for a search trial) it trains."""
+
+    group: ResolvedGroup
+    study: optuna.Study
+    trial: optuna.Trial
+    points: list[Point]
+
+
+def open_studies(plan: WorkerPlan, store: Store) -> dict[str, optuna.Study]:
+    """Create (or load) the study of every group of the plan."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies: dict[str, optuna.Study] = {}
+    for group in plan.sweep.groups:
+        if group.search is None:
+            sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler()  # grid trials fix their values
+        elif group.search.sampler == "random":
+            sampler = optuna.samplers.RandomSampler()
+        else:
+            # constant_liar: parallel workers see each other's running trials, so they do not propose one point twice
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sampler = optuna.samplers.TPESampler(constant_liar=True)
+        try:  # loading first: a failed create still appends to a journal
+            studies[group.study] = optuna.load_study(study_name=group.study, storage=store.storage, sampler=sampler)
+        except KeyError:
+            studies[group.study] = optuna.create_study(
+                study_name=group.study,
+                storage=store.storage,
+                sampler=sampler,
+                direction="minimize",
+                load_if_exists=True,
+            )
+    return studies
+
+
+def work(plan: WorkerPlan, *, poll_s: float = POLL_S) -> int:
+    """Claim and train points until every group of the plan is finished; return how many trials this worker ran."""
+    store = open_store(plan.storage, heartbeat_s=plan.heartbeat_s)
+    ran = 0
+    try:
+        studies = open_studies(plan, store)
+        with store.alive():
+            while True:
+                with store.claim_lock():
+                    claim = claim_next(plan, studies, store)
+                if isinstance(claim, Claim):
+                    run_claim(claim, plan.runtime, store)
+                    ran += 1
+                elif claim == DONE:
+                    return ran
+                else:  # other workers' trials are running; one of them may yet die and need a rerun
+                    time.sleep(poll_s)
+    finally:
+        store.close()
+
+
+def claim_next(plan: WorkerPlan, studies: dict[str, optuna.Study], store: Store) -> Claim | str:
+    """Under the claim lock: fail dead workers' trials, then claim the first unfinished, unclaimed point."""
+    for study in studies.values():
+        store.reap(study)
+    trials = {name: study.get_trials(deepcopy=False) for name, study in studies.items()}
+    running = {rid for ts in trials.values() for t in ts if t.state == TrialState.RUNNING for rid in run_ids_of(t)}
+    unfinished = False
+    for group in plan.sweep.groups:
+        study, group_trials = studies[group.study], trials[group.study]
+        if group.search is None:
+            done = {rid for t in group_trials if t.state == TrialState.COMPLETE for rid in run_ids_of(t)}
+            for point in group.points:
+                if point.run_id in done:
+                    continue
+                unfinished = True
+                if point.run_id not in running:
+                    return _claim_point(study, group, point, store)
+        else:
+            complete = sum(t.state == TrialState.COMPLETE for t in group_trials)
+            active = sum(t.state == TrialState.RUNNING for t in group_trials)
+            if complete >= group.search.trials:
+                continue
+            unfinished = True
+            if complete + active < group.search.trials:
+                return _claim_search(study, group, store)
+    return WAIT if unfinished else DONE
+
+
+def run_claim(claim: Claim, runtime: Runtime, store: Store) -> None:
+    """Train the claimed runs and report the trial: COMPLETE with the final error, or FAIL with the error."""
+    summaries = []
+    with store.heartbeat(claim.trial):
+        try:
+            for point in claim.points:
+                # Two search trials may draw the same point: one trains it, the other then finds it complete.
+                with file_lock(Path(runtime.results_root) / RUN_LOCKS / f"{point.run_id}.lock"):
+                    summaries.append(train(point.config, runtime).summary)
+        except BaseException as exc:  # an interrupt or an error: the trial fails, its point is claimed again
+            _finish_quietly(
+                claim, "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            )
+            raise
+    # If another worker took this trial for dead (missed heartbeats) and failed it, the point is claimed again
+    # there, and `train` finds the run folder complete wherever it shares this results folder.
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        for key in RESULT_ATTRS:
+            claim.trial.set_user_attr(key, sum(s[key] for s in summaries) / len(summaries))
+        claim.study.tell(claim.trial, sum(s["final_error_pct"] for s in summaries) / len(summaries))
+
+
+def run_ids_of(trial: FrozenTrial) -> list[str]:
+    """The run ids a trial trains: ``run_id`` (grid) or ``run_ids`` (a search trial, one per seed)."""
+    if "run_id" in trial.user_attrs:
+        return [trial.user_attrs["run_id"]]
+    return list(trial.user_attrs.get("run_ids", []))
+
+
+def _claim_point(study: optuna.Study, group: ResolvedGroup, point: Point, store: Store) -> Claim:
+    attrs = {"run_id": point.run_id, "group": group.name, "value": str(point.value), "seed": point.seed}
+    study.enqueue_trial({group.param: value_setting(group.param, point.value)}, user_attrs=attrs)
+    while True:
+        trial = _ask(study)
+        if trial.user_attrs.get("run_id") == point.run_id:
+            break
+        # A queue entry left by a worker that stopped between enqueueing and popping it: retire it.
+        trial.set_user_attr(FAILED_ATTR, "left in the queue by a worker that stopped")
+        study.tell(trial, state=TrialState.FAIL)
+    _suggest(trial, group, point.value)
+    _tag(trial, store)
+    return Claim(group, study, trial, [point])
+
+
+def _claim_search(study: optuna.Study, group: ResolvedGroup, store: Store) -> Claim:
+    trial = _ask(study)
+    value = _suggest(trial, group, None)
+    points = [p for p in group.points if p.value == value]
+    trial.set_user_attr("group", group.name)
+    trial.set_user_attr("value", str(value))
+    trial.set_user_attr("run_ids", [p.run_id for p in points])
+    _tag(trial, store)
+    return Claim(group, study, trial, points)
+
+
+def _suggest(trial: optuna.Trial, group: ResolvedGroup, value: Decimal | None) -> Decimal:
+    """Record the swept value as the trial's parameter; for a search trial, draw it and snap it onto the grid."""
+    values = sorted({p.value for p in group.points})
+    search: Search | None = group.search
+    if isinstance(value_setting(group.param, values[0]), int):
+        step = int(search.step) if search else 1
+        drawn: float = trial.suggest_int(group.param, int(values[0]), int(values[-1]), step=step)
+    else:
+        step_f = float(search.step) if search else None
+        drawn = trial.suggest_float(group.param, float(values[0]), float(values[-1]), step=step_f)
+    if value is not None:
+        return value
+    return min(values, key=lambda v: abs(float(v) - drawn))  # the sampler's float, back onto the exact grid
+
+
+def _tag(trial: optuna.Trial, store: Store) -> None:
+    store.first_heartbeat(trial)
+    trial.set_user_attr(WORKER_ATTR, store.tag.as_attr())
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return study.ask()
+
+
+def _finish_quietly(claim: Claim, error: str) -> None:
+    try:
+        claim.trial.set_user_attr("error", error[:300])
+        claim.study.tell(claim.trial, state=TrialState.FAIL)
+    except Exception:  # the storage itself may be what failed; the trial is then reaped as dead later
+        pass
+
+
+def _search_json(search: Search) -> dict[str, Any]:
+    return {
+        "trials": search.trials,
+        "sampler": search.sampler,
+        "low": str(search.low),
+        "high": str(search.high),
+        "step": str(search.step),
+    }
+
+
+def _search_from_json(data: dict[str, Any]) -> Search:
+    return Search(data["trials"], data["sampler"], Decimal(data["low"]), Decimal(data["high"]), Decimal(data["step"]))
