@@ -13,9 +13,9 @@ import socket
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from torchvision import datasets as tv_datasets
 
 from dynhp_bench.errors import DataError
 
@@ -26,10 +26,8 @@ RAW_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-TORCHVISION_CLASSES: dict[str, type[tv_datasets.MNIST]] = {
-    "mnist": tv_datasets.MNIST,
-    "fashion": tv_datasets.FashionMNIST,
-}
+# Our dataset keys → torchvision's class names (also the folder names of its layout).
+TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion": "FashionMNIST"}
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -66,7 +64,7 @@ def resolve_data_dir(data_dir: Path | None) -> Path:
 
 def raw_folder(root: Path, name: str) -> Path:
     """Where torchvision keeps the raw IDX files of dataset `name` under `root`."""
-    return root / TORCHVISION_CLASSES[name].__name__ / "raw"
+    return root / TORCHVISION_CLASSES[name] / "raw"
 
 
 def load_dataset(name: str, root: Path, *, subset: int | None = None, download: bool = True) -> Dataset:
@@ -84,7 +82,7 @@ def load_dataset(name: str, root: Path, *, subset: int | None = None, download: 
         _download(name, root, folder, missing)
     for file in RAW_FILES:
         check_idx_file(folder / file)
-    cls = TORCHVISION_CLASSES[name]
+    cls = torchvision_class(name)
     try:
         train = cls(str(root), train=True, download=False)
         test = cls(str(root), train=False, download=False)
@@ -132,6 +130,13 @@ def check_idx_file(path: Path) -> None:
         )
 
 
+def torchvision_class(name: str) -> Any:
+    """torchvision's dataset class for `name`, imported on first use (torchvision costs ~1.5 s at start-up)."""
+    from torchvision import datasets
+
+    return getattr(datasets, TORCHVISION_CLASSES[name])
+
+
 def _as_rows(images: torch.Tensor) -> torch.Tensor:
     return images.reshape(images.shape[0], -1).to(torch.float32).div_(255.0).contiguous()
 
@@ -140,7 +145,7 @@ def _download(name: str, root: Path, folder: Path, missing: list[str]) -> None:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        TORCHVISION_CLASSES[name](str(root), train=True, download=True)
+        torchvision_class(name)(str(root), train=True, download=True)
     except Exception as exc:  # no network, a mirror down, a read-only folder: all end the same way for a user
         raise DataError(_missing_message(name, folder, missing, f"download failed: {_one_line(exc)}")) from None
     finally:

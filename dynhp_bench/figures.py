@@ -140,6 +140,7 @@ def _plot(spec: FigureSpec, data: pd.DataFrame) -> Figure:
     figure, axes = plt.subplots(spec.rows, columns, figsize=(4.6 * columns, 3.6 * spec.rows), squeeze=False)
     for ax, (key, subtitle) in zip(axes.flat, panels, strict=False):
         part = data[data["panel" if spec.panel_of is not None else spec.panel] == key]
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 11 α_bs values + SP + HP need > 10 colours
         for name, series in part.groupby("series", sort=False):
             ax.plot(series["epoch"], series[spec.y], _line_style(str(name)) if spec.sp_styles else "-", label=str(name))
         ax.set_title(subtitle)
@@ -149,7 +150,8 @@ def _plot(spec: FigureSpec, data: pd.DataFrame) -> Figure:
         if part.empty:
             ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="grey")
         else:
-            ax.legend(fontsize="small")
+            many = part["series"].nunique() > 6
+            ax.legend(fontsize="x-small" if many else "small", ncol=2 if many else 1)
     figure.suptitle(spec.title)
     figure.tight_layout()
     return figure

@@ -36,7 +36,7 @@ def prob_nonzero(log_alpha: torch.Tensor) -> torch.Tensor:
 
 def sample_gates(log_alpha: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Hard-concrete draw from uniform `noise` u (shape (n,) or (batch, n)), u already in [ε, 1−ε]."""
-    s = torch.sigmoid((torch.log(noise) - torch.log1p(-noise) + log_alpha) / BETA)
+    s = torch.sigmoid((torch.logit(noise) + log_alpha) / BETA)  # logit(u) = log u − log(1 − u)
     return (s * (ZETA - GAMMA_HC) + GAMMA_HC).clamp_(0.0, 1.0)
 
 

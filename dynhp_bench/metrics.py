@@ -89,7 +89,18 @@ def epoch_flops(shapes: Sequence[LayerShape], n_samples: int) -> int:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory as the platform reports it (0 where it reports none)."""
+    """This process's peak resident memory as the platform reports it (0 where it reports none).
+
+    Linux: VmHWM of /proc/self/status, the high-water mark of this program's own memory (ru_maxrss
+    would carry over a parent's peak through fork and exec). Elsewhere: ru_maxrss.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

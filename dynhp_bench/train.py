@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import math
 import platform
 import sys
@@ -17,7 +18,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torchvision
 
 from dynhp_bench import __version__
 from dynhp_bench.config import TrainConfig
@@ -310,6 +310,13 @@ def make_adam(params: list[torch.nn.Parameter], *, lr: float) -> torch.optim.Ada
         return torch.optim.Adam(params, lr=lr, foreach=True)
 
 
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def config_document(config: TrainConfig, runtime: Runtime, device: torch.device, data_root: Path) -> dict[str, Any]:
     """What config.json holds: the run id, every resolved setting, the runtime and versions."""
     return {
@@ -323,7 +330,7 @@ def config_document(config: TrainConfig, runtime: Runtime, device: torch.device,
         "versions": {
             "dynhp_bench": __version__,
             "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
+            "torchvision": _package_version("torchvision"),
             "python": sys.version.split()[0],
             "platform": platform.platform(),
         },

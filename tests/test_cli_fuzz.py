@@ -55,6 +55,27 @@ TRAIN_OPTIONS: dict[str, st.SearchStrategy[str]] = {
     "--gate-draws": CHOICE_TEXT, "--growth-cadence": CHOICE_TEXT, "--growth-rounding": CHOICE_TEXT,
     "--lambda-scaling": CHOICE_TEXT, "--config": PATH_TEXT, "--resume": PATH_TEXT,
 }  # fmt: skip
+DECIMAL_TEXT = st.one_of(
+    st.decimals(min_value=-2, max_value=600, places=3, allow_nan=False).map(str), st.sampled_from(["0.9", "1e-3", ""])
+)
+RANGE_TEXT = st.one_of(
+    st.lists(DECIMAL_TEXT, min_size=1, max_size=3).map(":".join),
+    st.sampled_from(["0.971:0.989", "0.975:0.971", "0.97:0.98:0", "16:512:1000", "0.5:0.6:0.01"]),
+    TEXT,
+)
+URL_TEXT = st.one_of(
+    st.sampled_from(["postgresql://u:secret@127.0.0.1:1/db", "postgresql://u:secret@/x", "mysql://u:secret@h/d",
+                     "postgresql://", "study.journal", "sub/dir/s.journal"]),
+    TEXT,
+)  # fmt: skip
+SWEEP_OPTIONS: dict[str, st.SearchStrategy[str]] = {
+    "--range": RANGE_TEXT, "--values": st.one_of(LIST_TEXT, st.lists(DECIMAL_TEXT, max_size=3).map(",".join)),
+    "--seeds": LIST_TEXT, "--trials": NUMBER_TEXT, "--sampler": st.one_of(st.sampled_from(["tpe", "random"]), TEXT),
+    "--storage": URL_TEXT, "--workers": NUMBER_TEXT, "--threads": NUMBER_TEXT, "--heartbeat-s": NUMBER_TEXT,
+    "--strategy": CHOICE_TEXT, "--dataset": CHOICE_TEXT, "--profile": CHOICE_TEXT, "--epochs": NUMBER_TEXT,
+    "--batch-size": NUMBER_TEXT, "--alpha-bs": NUMBER_TEXT, "--lambda": NUMBER_TEXT,
+}  # fmt: skip
+SWEEP_PARAMS = st.one_of(st.sampled_from(["lambda", "gamma", "alpha_bs", "batch_size", "lr", ""]), TEXT)
 BENCH_OPTIONS: dict[str, st.SearchStrategy[str]] = {
     "--dataset": CHOICE_TEXT, "--batch-sizes": LIST_TEXT, "--repeats": NUMBER_TEXT, "--threads": NUMBER_TEXT,
     "--device": CHOICE_TEXT, "--subset": NUMBER_TEXT,
@@ -66,6 +87,7 @@ def _invocations(options: dict[str, st.SearchStrategy[str]]) -> st.SearchStrateg
 
 
 def _check(argv: list[str], pairs: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]) -> int:
+    capsys.readouterr()  # what an earlier example printed before it was stopped is not this one's
     with pytest.raises(SystemExit) as info:
         main(argv)
     out, err = capsys.readouterr()
@@ -127,3 +149,22 @@ def test_bench_options_never_crash(pairs: list[tuple[str, str]], monkeypatch: py
     argv = ["bench", "--out", str(tmp_path / "out")] + [part for pair in pairs for part in pair]
     with contextlib.suppress(_ValidatedError):
         _check(argv, pairs, capsys)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(param=SWEEP_PARAMS, pairs=_invocations(SWEEP_OPTIONS))
+def test_sweep_options_never_crash(param: str, pairs: list[tuple[str, str]], synthetic_root: Path,
+                                   monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    class _ValidatedError(Exception):
+        """Every option was accepted: the sweep would start its workers now."""
+
+    def stop_before_running(*args: object, **kwargs: object) -> None:
+        raise _ValidatedError
+
+    monkeypatch.setattr(cli, "run_pool", stop_before_running)
+    monkeypatch.chdir(tmp_path)  # a --storage text is a journal path, relative to here
+    argv = ["sweep", param, "--data-dir", str(synthetic_root), "--out", str(tmp_path / "out"), "--quiet"]
+    argv += [part for pair in pairs for part in pair]
+    with contextlib.suppress(_ValidatedError):
+        _check(argv, [("parameter", param), *pairs], capsys)

@@ -44,7 +44,7 @@ def test_missing_data_offline_names_the_folder_and_the_four_files(
     def no_network(*args: object, **kwargs: object) -> None:
         raise RuntimeError("Error downloading x:\nTried https://example/, got:\n<urlopen error no network>\n")
 
-    monkeypatch.setattr(data_module.TORCHVISION_CLASSES["fashion"], "download", no_network)
+    monkeypatch.setattr(data_module.torchvision_class("fashion"), "download", no_network)
     with pytest.raises(DataError) as info:
         load_dataset("fashion", tmp_path)
     message = str(info.value)

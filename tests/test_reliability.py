@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import random
@@ -104,6 +105,20 @@ def _wait_for_rows(csv_path: Path, rows: int, process: subprocess.Popen[str], ti
     pytest.fail(f"no epoch {rows} within {timeout_s} s")
 
 
+def _start(root: Path, out: Path, *, rows: int) -> tuple[subprocess.Popen[str], Path]:
+    """Start `train` in a subprocess and return once its run folder holds `rows` finished epochs."""
+    process = subprocess.Popen(_train_argv(root, out), stderr=subprocess.PIPE, text=True)
+    runs = out / "runs"
+    deadline = time.monotonic() + 60
+    while not (runs.is_dir() and any(runs.iterdir())):
+        if time.monotonic() > deadline or process.poll() is not None:
+            pytest.fail("the run folder did not appear")
+        time.sleep(0.05)
+    (run_dir,) = runs.iterdir()
+    _wait_for_rows(run_dir / "epochs.csv", rows, process)
+    return process, run_dir
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(slow_root: Path, tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     out = tmp_path_factory.mktemp("uninterrupted")
@@ -116,13 +131,8 @@ def uninterrupted(slow_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_sigkill_at_an_epoch_then_rerun_equals_the_uninterrupted_run(
     slow_root: Path, tmp_path: Path, uninterrupted: pd.DataFrame, kill_after: int
 ) -> None:
-    process = subprocess.Popen(_train_argv(slow_root, tmp_path), stderr=subprocess.PIPE, text=True)
-    runs = tmp_path / "runs"
+    process, run_dir = _start(slow_root, tmp_path, rows=kill_after)
     try:
-        while not (runs.is_dir() and any(runs.iterdir())):
-            time.sleep(0.05)
-        (run_dir,) = runs.iterdir()
-        _wait_for_rows(run_dir / "epochs.csv", kill_after, process)
         process.send_signal(signal.SIGKILL)
         assert process.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -137,12 +147,7 @@ def test_sigkill_at_an_epoch_then_rerun_equals_the_uninterrupted_run(
 def test_sigint_checkpoints_marks_interrupted_exits_130_and_resumes(
     slow_root: Path, tmp_path: Path, uninterrupted: pd.DataFrame
 ) -> None:
-    process = subprocess.Popen(_train_argv(slow_root, tmp_path), stderr=subprocess.PIPE, text=True)
-    runs = tmp_path / "runs"
-    while not (runs.is_dir() and any(runs.iterdir())):
-        time.sleep(0.05)
-    (run_dir,) = runs.iterdir()
-    _wait_for_rows(run_dir / "epochs.csv", 2, process)
+    process, run_dir = _start(slow_root, tmp_path, rows=2)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
@@ -156,13 +161,24 @@ def test_sigint_checkpoints_marks_interrupted_exits_130_and_resumes(
     pd.testing.assert_frame_equal(_epochs(run_dir), uninterrupted)
 
 
+def test_a_second_sigint_exits_at_once_and_leaves_every_file_readable(slow_root: Path, tmp_path: Path) -> None:
+    process, run_dir = _start(slow_root, tmp_path, rows=1)
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert json.loads((run_dir / "config.json").read_text())["run_id"] == run_dir.name
+    rows = pd.read_csv(run_dir / "epochs.csv")
+    assert rows["epoch"].tolist() == list(range(1, len(rows) + 1))
+    if (run_dir / CHECKPOINT_FILE).exists():
+        assert load_checkpoint(run_dir / CHECKPOINT_FILE)["epoch"] >= 1
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")], "no temporary file is left"
+    rerun = subprocess.run(_train_argv(slow_root, tmp_path), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+
+
 def test_sigterm_exits_143(slow_root: Path, tmp_path: Path) -> None:
-    process = subprocess.Popen(_train_argv(slow_root, tmp_path), stderr=subprocess.PIPE, text=True)
-    runs = tmp_path / "runs"
-    while not (runs.is_dir() and any(runs.iterdir())):
-        time.sleep(0.05)
-    (run_dir,) = runs.iterdir()
-    _wait_for_rows(run_dir / "epochs.csv", 1, process)
+    process, _ = _start(slow_root, tmp_path, rows=1)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143 and "interrupted by SIGTERM" in err

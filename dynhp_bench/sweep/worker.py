@@ -4,9 +4,9 @@ A grid point is finished when its group's study holds a COMPLETE trial for its r
 lock a worker fails the trials of dead workers, then takes the first point that is neither finished nor RUNNING
 anywhere in the plan: it enqueues the point as a WAITING trial and pops it with `ask()` (atomic in both storages),
 tags it with its worker id and releases the lock. So each point is trained by one worker at a time and ends with
-exactly one COMPLETE trial; a point whose worker died is failed and claimed again, and `train` restarts its
-unfinished run folder from scratch. Workers that find nothing to claim wait while other trials run (one of them may
-still die) and stop when every group is finished.
+exactly one COMPLETE trial; a point whose worker died is failed and claimed again, and `train` continues its
+unfinished run folder from the last checkpoint (from scratch if none was written yet). Workers that find nothing
+to claim wait while other trials run (one of them may still die) and stop when every group is finished.
 """
 
 from __future__ import annotations
