@@ -12,6 +12,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -209,3 +210,43 @@ def test_a_killed_workers_point_is_rerun_by_the_other_worker_on_postgres(synthet
     assert len(runs) == 4 and all((p / COMPLETE_MARKER).is_file() for p in runs.values())
     assert _epochs_written(runs[killed]) == EPOCHS
     assert _check_exactly_once(trials, set(runs)) == Counter({killed: 1})
+
+
+def _open_at_once(url: str, barrier: Any, results: Any) -> None:
+    from dynhp_bench.sweep.storage import open_store, parse_storage
+
+    target = parse_storage(url, Path("."))
+    barrier.wait()
+    try:
+        open_store(target).close()
+        results.put("ok")
+    except Exception as exc:  # the outcome is the assertion's business
+        results.put(f"failed: {exc}")
+
+
+@needs_postgres
+def test_workers_opening_a_fresh_database_at_the_same_moment_all_succeed() -> None:
+    """Optuna creates its tables on first opening; simultaneous first openings used to collide (fixed by an
+    advisory lock). Four processes open each of three fresh databases behind a barrier."""
+    import multiprocessing
+
+    import sqlalchemy
+
+    assert POSTGRES_URL is not None
+    admin = sqlalchemy.create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    context = multiprocessing.get_context("spawn")
+    outcomes = []
+    for _ in range(3):
+        database = f"fresh_{uuid.uuid4().hex[:10]}"
+        with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {database}"))
+        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{database}"
+        barrier, results = context.Barrier(4), context.Queue()
+        processes = [context.Process(target=_open_at_once, args=(url, barrier, results)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=120)
+        outcomes += [results.get(timeout=10) for _ in processes]
+    admin.dispose()
+    assert outcomes == ["ok"] * 12, [o for o in outcomes if o != "ok"]

@@ -242,30 +242,40 @@ class PostgresStore(Store):
         from sqlalchemy.pool import NullPool
 
         connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
-        self._rdb = _quietly(
-            RDBStorage,
-            engine_url(url),
-            engine_kwargs={"connect_args": connect_args},
-            heartbeat_interval=heartbeat_s,
-            grace_period=GRACE_HEARTBEATS * heartbeat_s,
-        )
+        self._engine = sqlalchemy.create_engine(engine_url(url), poolclass=NullPool, connect_args=connect_args)
+        self._lock_connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            # Optuna creates its tables when the first RDBStorage opens a fresh database; two processes doing
+            # that at once collide in PostgreSQL's catalogue, so opening is serialised across processes.
+            with self._advisory_lock(_lock_key(b"dynhp-bench schema")):
+                self._rdb = _quietly(
+                    RDBStorage,
+                    engine_url(url),
+                    engine_kwargs={"connect_args": connect_args},
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=GRACE_HEARTBEATS * heartbeat_s,
+                )
+        except BaseException:
+            self._lock_connection.close()
+            self._engine.dispose()
+            raise
         # Optuna wraps an RDBStorage in its cache whenever a study uses it; use that same wrapper everywhere.
         super().__init__(optuna.storages.get_storage(self._rdb), mask_url(url))
         self.heartbeat_s = heartbeat_s
-        self._engine = sqlalchemy.create_engine(engine_url(url), poolclass=NullPool, connect_args=connect_args)
-        self._lock_connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        # One advisory lock key per database, shared by every dynhp-bench worker using it.
-        self._lock_key = int.from_bytes(hashlib.sha256(b"dynhp-bench claims").digest()[:8], "big", signed=True)
 
     @contextlib.contextmanager
-    def claim_lock(self) -> Iterator[None]:
+    def _advisory_lock(self, key: int) -> Iterator[None]:
+        """A PostgreSQL advisory lock: one holder at a time among all processes using this database."""
         import sqlalchemy
 
-        self._lock_connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._lock_key})
+        self._lock_connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
         try:
             yield
         finally:
-            self._lock_connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._lock_key})
+            self._lock_connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+    def claim_lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._advisory_lock(_lock_key(b"dynhp-bench claims"))
 
     def first_heartbeat(self, trial: optuna.Trial) -> None:
         self._rdb.record_heartbeat(trial._trial_id)  # Optuna exposes no trial id outside optimize()
@@ -310,6 +320,11 @@ def open_store(target: StorageTarget, *, heartbeat_s: int = DEFAULT_HEARTBEAT_S)
             raise StorageError(f"cannot open the study storage {target.shown}: {_scrub(exc, target.url)}") from None
     assert target.journal is not None
     return JournalStore(target.journal)
+
+
+def _lock_key(name: bytes) -> int:
+    """A stable 64-bit advisory-lock key for `name`, the same in every process and on every machine."""
+    return int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
 
 
 def _check_postgres(url: str) -> None:
