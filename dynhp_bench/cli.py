@@ -37,7 +37,7 @@ from dynhp_bench.config import CHOICES, DEFAULT_PROFILE, PROFILES, TrainConfig, 
 from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord, to_mb
-from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path
+from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, write_text_atomic
 from dynhp_bench.sweep import (
     PAPER_SWEEPS,
     SWEEPABLE,
@@ -307,11 +307,7 @@ def bench_command(
         err_console.print(f"  {case:>5} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
 
     frame, peak = run_bench(data, batch_sizes=sizes, repeats=repeats, device=torch_device, on_epoch=show)
-    try:
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(csv_path, index=False)
-    except OSError as exc:
-        raise ResultsError(f"cannot write {csv_path}: {exc.strerror or exc}") from None
+    _save_csv(frame, csv_path)
     table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak:.0f} GFLOP/s")
     for column in ("case", "batch", "weights", "s/epoch", "FLOP limit s", "× plain", "× FLOP limit"):
         table.add_column(column, justify="right")
@@ -360,12 +356,12 @@ def report_command(
     if paper_tables:
         datasets = report.dataset_table(index.runs)
         written.append(_save_csv(datasets, out / "table1_datasets.csv"))
-        _write_text(out / "table1_datasets.md", report.frame_markdown(datasets, "Table 1: datasets"))
+        write_text_atomic(out / "table1_datasets.md", report.frame_markdown(datasets, "Table 1: datasets"))
         tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
         for dataset, table in tables.items():
             stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
             written.append(_save_csv(table, out / f"{stem}.csv"))
-            _write_text(out / f"{stem}.md", report.table_markdown(table, dataset))
+            write_text_atomic(out / f"{stem}.md", report.table_markdown(table, dataset))
             _print_paper_table(table, dataset)
         from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
 
@@ -423,19 +419,8 @@ def check_command(
 
 
 def _save_csv(frame: pd.DataFrame, path: Path) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(path, index=False)
-    except OSError as exc:
-        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_text_atomic(path, frame.to_csv(index=False))
     return path
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _fmt(value: object, digits: int) -> str:

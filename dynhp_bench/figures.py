@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from dynhp_bench.metrics import memory_mb, model_bytes
 from dynhp_bench.report import DATASET_NAMES, reference_tables, select
+from dynhp_bench.results import write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)
@@ -228,7 +229,7 @@ def write_figures(configs: pd.DataFrame, out_dir: Path) -> dict[str, tuple[Path,
     written = {}
     for name, spec in FIGURES.items():
         data = spec.compute(configs)
-        data.to_csv(out_dir / f"{name}.csv", index=False)
+        write_text_atomic(out_dir / f"{name}.csv", data.to_csv(index=False))
         figure = _plot(spec, data)
         png = out_dir / f"{name}.png"
         figure.savefig(png, dpi=110)

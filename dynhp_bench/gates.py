@@ -45,6 +45,14 @@ def eval_gates(log_alpha: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(log_alpha) * (ZETA - GAMMA_HC) + GAMMA_HC).clamp(0.0, 1.0)
 
 
+def l0_charge_per_output(lam: float, *, n_train: int, divide_by_n: bool) -> float:
+    """The L0 charge of one expected non-zero weight: λ/N (the published code's scaling) or λ.
+
+    The one place the λ scaling is decided; `GatedMLP.penalty` and its closed-form gradient both use it.
+    """
+    return lam / n_train if divide_by_n else lam
+
+
 def uniform_noise(shape: Sequence[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """u ~ U(ε, 1−ε) of the given shape."""
     u = torch.rand(*shape, generator=generator, device=device)
@@ -178,9 +186,9 @@ class GatedMLP(nn.Module):
 
         Gate j of a layer with `out` outputs costs P(z_j≠0)·(λ·out/N + ½·wd·‖W_j‖²), W_j being the
         weights leaving input j; biases cost ½·wd·‖b‖². With ``divide_by_n=False`` the L0 charge is
-        λ·out (the unscaled form of Eq. 1); the λ/N scaling lives here and only here.
+        λ·out (the unscaled form of Eq. 1); the scaling lives in `l0_charge_per_output`.
         """
-        scale = lam / n_train if divide_by_n else lam
+        scale = l0_charge_per_output(lam, n_train=n_train, divide_by_n=divide_by_n)
         total = torch.zeros((), device=self.weights[0].device, dtype=self.weights[0].dtype)
         probs = self.split(prob_nonzero(torch.cat(list(self.log_alphas))))
         for weight, bias, prob in zip(self.weights, self.biases, probs, strict=True):
@@ -199,7 +207,7 @@ class GatedMLP(nn.Module):
         ∂/∂b = wd·b, ∂/∂log α_j = P_j(1 − P_j)·c_j. Called after the data loss's backward, so the
         gradients read before it (DynHP's ḡ) are the data loss's alone.
         """
-        scale = lam / n_train if divide_by_n else lam
+        scale = l0_charge_per_output(lam, n_train=n_train, divide_by_n=divide_by_n)
         prob = prob_nonzero(torch.cat(list(self.log_alphas)))
         # c_j for every gate at once: λ·out/N + ½·wd·‖W_j‖² (out of gate j's layer).
         outs = self._gate_outputs(prob)

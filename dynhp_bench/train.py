@@ -172,11 +172,9 @@ class Trainer:
         rates = self.net.split(totals.counts / max(totals.draws, 1)) if self.net.gated else None
         error_pct = self.test_error_pct()
 
-        pruned = False
         if not last and rates is not None and self.strategy.removes_physically():
-            pruned = self.remove_units(self.strategy.units_to_remove(self.net, rates))
-        model_bytes_after = model_bytes(self.net.shapes) if pruned else model_bytes(shapes)
-        memory = MemoryState(self.config.budget_bytes, model_bytes_after)
+            self.remove_units(self.strategy.units_to_remove(self.net, rates))
+        memory = MemoryState(self.config.budget_bytes, model_bytes(self.net.shapes))
         mean_ratio = float(totals.ratio_sum / steps) if self.strategy.needs_gradient_variance else math.nan
         epoch_batch = totals.largest_batch
         if self.config.growth_cadence != "step":
@@ -226,6 +224,7 @@ class Trainer:
         perm = torch.randperm(n, generator=self.cpu_generator).to(device)
         zero = torch.zeros((), device=device)
         totals = StepTotals(zero.clone(), zero.clone(), zero.clone(), torch.zeros(net.n_gates, device=device))
+        memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))  # shapes change only between epochs
         start = 0
         net.train()
         while start < n:
@@ -265,7 +264,6 @@ class Trainer:
             if self.stop is not None and self.stop.requested:
                 raise _StopNow
             if step_growth:
-                memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))
                 self.batch_size = self.strategy.next_batch_size(
                     self.batch_size, GrowthStats(epoch, float(ratio)), memory
                 )

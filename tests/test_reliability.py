@@ -39,16 +39,22 @@ class _CrashError(Exception):
     pass
 
 
+def _train_until_crash(config: TrainConfig, runtime: Runtime, *, after_epoch: int) -> None:
+    """Train `config` and crash right after epoch `after_epoch` ends (its checkpoint is written by then)."""
+
+    def crash(record: object) -> None:
+        if getattr(record, "epoch", 0) == after_epoch:
+            raise _CrashError
+
+    with pytest.raises(_CrashError):
+        train(config, runtime, on_epoch=crash)
+
+
 def test_resumed_dynhp_run_equals_the_uninterrupted_one(synthetic_root: Path, tmp_path: Path) -> None:
     reference = train(DYNHP, Runtime(data_dir=synthetic_root, results_root=tmp_path / "ref", threads=1))
     runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path / "cut", threads=1, checkpoint_every=1)
 
-    def crash_after_epoch_3(record: object) -> None:
-        if getattr(record, "epoch", 0) == 3:
-            raise _CrashError
-
-    with pytest.raises(_CrashError):
-        train(DYNHP, runtime, on_epoch=crash_after_epoch_3)
+    _train_until_crash(DYNHP, runtime, after_epoch=3)
     folder = RunFolder(run_path(runtime.results_root, DYNHP.run_id))
     assert not folder.is_complete and folder.checkpoint_path.is_file()
     resumed = train(DYNHP, runtime)
@@ -70,12 +76,7 @@ def test_force_starts_afresh_instead_of_resuming(synthetic_root: Path, tmp_path:
     runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, checkpoint_every=1)
     config = TrainConfig(strategy="sp", epochs=3, batch_size=128)
 
-    def crash(record: object) -> None:
-        if getattr(record, "epoch", 0) == 2:
-            raise _CrashError
-
-    with pytest.raises(_CrashError):
-        train(config, runtime, on_epoch=crash)
+    _train_until_crash(config, runtime, after_epoch=2)
     result = train(config, runtime, force=True)
     assert [r.epoch for r in result.records] == [1, 2, 3]
 
@@ -190,12 +191,7 @@ def test_resume_option_continues_a_run_folder(
     config = TrainConfig(strategy="hp", epochs=3, batch_size=64, profile="smoke")
     runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, checkpoint_every=1)
 
-    def crash(record: object) -> None:
-        if getattr(record, "epoch", 0) == 1:
-            raise _CrashError
-
-    with pytest.raises(_CrashError):
-        train(config, runtime, on_epoch=crash)
+    _train_until_crash(config, runtime, after_epoch=1)
     run_dir = run_path(tmp_path, config.run_id)
     with pytest.raises(SystemExit) as info:
         main(["train", "--resume", str(run_dir), "--data-dir", str(synthetic_root), "--quiet"])
@@ -249,11 +245,7 @@ def test_resuming_from_a_tampered_checkpoint_is_exit_2(
     config = TrainConfig(strategy="sp", epochs=2, batch_size=128, profile="smoke")
     runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, checkpoint_every=1)
 
-    def crash(record: object) -> None:
-        raise _CrashError
-
-    with pytest.raises(_CrashError):
-        train(config, runtime, on_epoch=crash)
+    _train_until_crash(config, runtime, after_epoch=1)
     run_dir = run_path(tmp_path, config.run_id)
     (run_dir / CHECKPOINT_FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit) as info:
