@@ -270,6 +270,16 @@ def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
 
 @app.command("bench")
 def bench_command(
+    run_dirs: Annotated[
+        list[Path] | None, typer.Argument(help="With --inference: run folders whose final networks to time")
+    ] = None,
+    inference: Annotated[
+        bool,
+        typer.Option(
+            "--inference",
+            help="Time the RUN_DIRs' exported networks (ONNX Runtime and PyTorch) beside a dense one, not training",
+        ),
+    ] = False,
     dataset: Annotated[str, typer.Option(help=_choices("dataset"))] = "mnist",
     batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = ",".join(
         str(b) for b in DEFAULT_BATCH_SIZES
@@ -285,10 +295,16 @@ def bench_command(
     memory: Annotated[bool, typer.Option(help="Also measure the peak resident memory of `train`")] = True,
 ) -> None:
     """Seconds per epoch of the plain PyTorch loop, sp, hp, hp at 20% of the weights and dynhp, side by side,
-    with the machine's matmul peak and each case's FLOP limit; saved as CSV."""
+    with the machine's matmul peak and each case's FLOP limit; saved as CSV. With --inference RUN_DIR…: the
+    exported networks' file bytes, batch-1 latency and batch-256 throughput under ONNX Runtime and PyTorch."""
     sizes = _positive_ints("--batch-sizes", batch_sizes)
     if repeats < 1:
         raise SettingsError(f"--repeats={repeats} is not valid; expected an integer ≥ 1")
+    if inference or run_dirs:
+        if not (inference and run_dirs):
+            raise SettingsError("RUN_DIR arguments go with --inference, and --inference needs at least one RUN_DIR")
+        _bench_inference(run_dirs, out=out, threads=threads, repeats=repeats)
+        return
     if dataset not in CHOICES["dataset"]:
         raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
     runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
@@ -330,6 +346,71 @@ def bench_command(
             f"(a process that only imports torch: {rss['import_torch_rss_bytes'] / 2**20:.0f} MiB)"
         )
     out_console.print(f"saved {csv_path}")
+
+
+def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None, repeats: int) -> None:
+    from dynhp_bench import export  # onnx and onnxruntime load only for this
+
+    _set_threads(threads)
+    models = [export.inference_model(run_dir) for run_dir in run_dirs]
+    if not any(m.strategy == "dense" for m in models):
+        models.append(export.dense_reference(export.load_final_network(run_dirs[0]).config))
+    err_console.print(
+        f"timing {len(models)} models × 2 runtimes, {repeats} rounds, {torch.get_num_threads()} threads",
+        highlight=False,
+    )
+    rows = export.time_inference(models, rounds=repeats)
+    for model in models:
+        export.save_inference(model, rows)
+    frame = pd.DataFrame(rows)
+    csv_path = _save_csv(frame, out / "bench" / "inference.csv")
+    table = Table(title=f"Inference on this CPU, {torch.get_num_threads()} thread(s), fastest of {repeats} rounds")
+    for column in ("model", "runtime", "file bytes", "parameters", "layers", "µs/image batch 1", "images/s batch 256"):
+        table.add_column(column, justify="right")
+    for row in frame.itertuples():
+        table.add_row(
+            row.model, row.runtime, f"{row.file_bytes:,}", f"{row.parameters:,}", row.layers,
+            f"{row.latency_batch1_us:.1f}", f"{row.throughput_batch256_per_s:,.0f}",
+        )  # fmt: skip
+    out_console.print(table)
+    out_console.print(f"saved {csv_path}")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise SettingsError(f"--threads={threads} is not valid; expected an integer ≥ 1")
+        torch.set_num_threads(threads)
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A complete run folder OUT/runs/RUN_ID")],
+    format_: Annotated[str, typer.Option("--format", help="safetensors | onnx")] = "safetensors",
+    out: Annotated[
+        Path | None, typer.Option(help="Where the file lands", show_default="RUN_DIR/model.safetensors or .onnx")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
+) -> None:
+    """Export the run's final network (gates folded, pruned units gone, raw pixels in, logits out), verified on
+    the whole test set against the run before it is written."""
+    from dynhp_bench.export import LOGIT_TOLERANCE, export_run  # onnx and onnxruntime load only for this
+
+    _set_threads(threads)
+    result = export_run(run_dir, format_, out=out, data_dir=data_dir)
+    check = result.verification
+    shapes = " → ".join([str(result.exported.shapes[0][0]), *(str(o) for _, o in result.exported.shapes)])
+    runtime = "ONNX Runtime" if format_ == "onnx" else "PyTorch (re-read tensors)"
+    out_console.print(
+        f"wrote {result.path} ({result.file_bytes:,} bytes, {result.parameters:,} parameters, {shapes}); "
+        f"checked on {check.n_test:,} test images with {runtime}: logits within {check.max_abs_logit_diff:.2g} "
+        f"(≤ {LOGIT_TOLERANCE:g}), test error {check.error_pct:.2f} % = the run's {check.final_error_pct:.2f} %",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("report")

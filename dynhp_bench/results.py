@@ -4,6 +4,8 @@
 * `epochs.csv`: one row per epoch, appended and flushed as each epoch ends (a crash keeps what ended);
 * `summary.json`: the run's headline numbers, written when it ends;
 * `checkpoint.pt`: the state at an epoch boundary, to resume from (see `checkpoint.py`);
+* `model.safetensors`, `model.onnx`, `inference.json`: the exported final network and its measured
+  inference speed, when `export` / `bench --inference` were run on it (see `export.py`);
 * `INTERRUPTED`: present while the run is stopped by a signal (which, when, at which epoch);
 * `COMPLETE`: written last; a folder without it is an unfinished run, never read as a result.
 
@@ -43,14 +45,14 @@ def run_path(results_root: Path, run_id: str) -> Path:
     return Path(results_root) / RUNS_DIR / run_id
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder, fsynced, then renamed."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder, fsynced, then renamed."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -59,6 +61,11 @@ def write_text_atomic(path: Path, text: str) -> None:
                 os.unlink(tmp)
     except OSError as exc:
         raise ResultsError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically (see `write_bytes_atomic`)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
