@@ -428,6 +428,9 @@ def report_command(
     out = out if out is not None else results / "report"
     configs = report.configurations(index.runs)
     written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
+    inference = report.inference_table(index.runs)
+    if not inference.empty:  # runs timed by `bench --inference`
+        written.append(_save_csv(inference, out / "inference.csv"))
     if index.incomplete:
         err_console.print(
             f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "

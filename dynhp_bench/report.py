@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.results import RUNS_DIR, RunFolder, complete_runs
+from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, RunFolder, complete_runs, read_json
 
 PAPER_EPOCHS = 2000
 METHODS = {"SP": "sp", "HP": "hp", "DynHP": "dynhp", "Dense": "dense"}
@@ -86,6 +86,18 @@ def index_runs(results_root: Path) -> RunIndex:
             f"`dynhp-bench train`, `sweep` or `reproduce`"
         )
     return RunIndex(pd.DataFrame(rows), incomplete)
+
+
+def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """The inference measurements (`bench --inference`) of the runs that have them, one row per runtime."""
+    rows = []
+    for run in runs.itertuples():
+        path = Path(run.run_dir) / INFERENCE_FILE
+        if path.is_file():
+            for measured in read_json(path):
+                rows.append({"run_id": run.run_id, "dataset": run.dataset, "final_error_pct": run.final_error_pct,
+                             **measured})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:

@@ -36,6 +36,7 @@ CONFIG_FILE = "config.json"
 EPOCHS_FILE = "epochs.csv"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
+INFERENCE_FILE = "inference.json"
 INTERRUPTED_MARKER = "INTERRUPTED"
 COMPLETE_MARKER = "COMPLETE"
 
