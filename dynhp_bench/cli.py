@@ -76,6 +76,7 @@ out_console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 AMBIGUITIES = "Choices the paper leaves open"
+MAX_THREADS = 1024
 
 
 def _choices(name: str) -> str:
@@ -309,8 +310,7 @@ def bench_command(
         raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
     runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
     torch_device = runtime.torch_device()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     root = resolve_data_dir(data_dir)
     data = load_dataset(dataset, root, subset=subset)
     csv_path = out / "bench" / "bench.csv"
@@ -378,8 +378,8 @@ def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None
 
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
-        if threads < 1:
-            raise SettingsError(f"--threads={threads} is not valid; expected an integer ≥ 1")
+        if not 1 <= threads <= MAX_THREADS:  # torch takes a C int, and a pool of millions of threads is no request
+            raise SettingsError(f"--threads={threads} is not valid; expected an integer from 1 to {MAX_THREADS}")
         torch.set_num_threads(threads)
 
 

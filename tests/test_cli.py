@@ -54,6 +54,9 @@ def test_train_writes_a_run_folder_and_prints_a_summary(
         (["train", "--no-such-option"], "--no-such-option"),
         (["train", "--device", "tpu"], "--device='tpu'"),
         (["train", "--threads", "0"], "--threads=0"),
+        # Found by test_cli_fuzz: torch.set_num_threads overflowed on a value past a C int.
+        (["bench", "--threads", "2147483648"], "--threads=2147483648"),
+        (["bench", "--inference"], "--inference needs at least one RUN_DIR"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(
