@@ -364,7 +364,7 @@ def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None
         export.save_inference(model, rows)
     frame = pd.DataFrame(rows)
     csv_path = _save_csv(frame, out / "bench" / "inference.csv")
-    table = Table(title=f"Inference on this CPU, {torch.get_num_threads()} thread(s), fastest of {repeats} rounds")
+    table = Table(title=f"Inference on this CPU, {torch.get_num_threads()} thread(s), median call")
     for column in ("model", "runtime", "file bytes", "parameters", "layers", "µs/image batch 1", "images/s batch 256"):
         table.add_column(column, justify="right")
     for row in frame.itertuples():

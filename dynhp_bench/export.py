@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import statistics
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -513,15 +514,18 @@ def dense_reference(config: TrainConfig) -> InferenceModel:
 def time_inference(
     models: Sequence[InferenceModel],
     *,
-    rounds: int = 5,
-    calls_batch1: int = 500,
-    calls_batch: int = 40,
+    rounds: int = 3,
+    calls_batch1: int = 300,
+    calls_batch: int = 30,
     on_round: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Latency per image at batch 1 and images per second at batch 256, for every model under both runtimes.
 
-    Cases run interleaved round by round so machine noise hits all alike; each reports its fastest
-    round (noise only ever adds time). Inputs are random pixels: an MLP's time does not depend on them.
+    Every call is timed on its own and each case reports its median call (and its fastest, `_best`): on
+    a shared machine a call of tens of microseconds is seldom the one preempted, where a whole round of
+    them always is. Cases
+    run interleaved round by round so what noise remains hits all alike. Inputs are random pixels: an
+    MLP's time does not depend on them.
     """
     threads = torch.get_num_threads()
     generator = torch.Generator().manual_seed(0)
@@ -533,23 +537,26 @@ def time_inference(
         session = onnx_session(model.onnx_bytes, threads=threads)
         cases.append((model, "onnxruntime", lambda x, s=session: s.run(None, {"pixels": x.numpy()})))
         cases.append((model, "pytorch", model.exported.logits))
-    best = {(id(m), r): [float("inf"), float("inf")] for m, r, _ in cases}
+    calls: dict[tuple[int, str], tuple[list[float], list[float]]] = {(id(m), r): ([], []) for m, r, _ in cases}
     for _, _, run in cases:  # warm-up: one-off costs (allocation, kernel choice) stay out of the timings
         for _ in range(20):
             run(one)
             run(batch)
     for round_ in range(rounds):
         for model, runtime, run in cases:
-            for slot, (x, calls) in enumerate(((one, calls_batch1), (batch, calls_batch))):
-                started = time.perf_counter()
-                for _ in range(calls):
+            for times, (x, n) in zip(
+                calls[id(model), runtime], ((one, calls_batch1), (batch, calls_batch)), strict=True
+            ):
+                for _ in range(n):
+                    started = time.perf_counter()
                     run(x)
-                best[id(model), runtime][slot] = min(best[id(model), runtime][slot], time.perf_counter() - started)
+                    times.append(time.perf_counter() - started)
         if on_round is not None:
             on_round(round_ + 1)
     rows = []
     for model, runtime, _ in cases:
-        batch1_s, batch_s = best[id(model), runtime]
+        batch1_s, batch_s = (statistics.median(times) for times in calls[id(model), runtime])
+        best1_s, best_s = (min(times) for times in calls[id(model), runtime])
         rows.append(
             {
                 "model": model.label,
@@ -559,10 +566,13 @@ def time_inference(
                 "file_bytes": len(model.onnx_bytes) if runtime == "onnxruntime" else model.safetensors_bytes,
                 "parameters": model.exported.parameters,
                 "layers": " ".join(f"{i}-{o}" for i, o in model.exported.shapes),
-                "latency_batch1_us": batch1_s / calls_batch1 * 1e6,
-                "throughput_batch256_per_s": INFERENCE_BATCH * calls_batch / batch_s,
+                "latency_batch1_us": batch1_s * 1e6,
+                "throughput_batch256_per_s": INFERENCE_BATCH / batch_s,
+                "latency_batch1_us_best": best1_s * 1e6,
+                "throughput_batch256_per_s_best": INFERENCE_BATCH / best_s,
                 "threads": threads,
-                "rounds": rounds,
+                "calls_batch1": rounds * calls_batch1,
+                "calls_batch256": rounds * calls_batch,
                 "source": model.source,
             }
         )
