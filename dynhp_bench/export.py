@@ -4,11 +4,12 @@ What is exported is the network as the run evaluated it last: the checkpoint's w
 skips pruning after the last epoch, so they are the evaluated ones), each layer's deterministic
 evaluation gates folded into its weights (W·diag(z)), and every input unit whose folded weights are all
 zero dropped (a unit gated to exactly 0 contributes exactly 0), so SP's switched-off neurons leave the
-file too. Subnormal weights (below 1.2e-38, what weight decay leaves on always-black pixels) are flushed
-to zero first: they change no logit visibly but make CPU arithmetic take a slow path, several times
-slower in our measurements. The graph takes the full image as raw pixel values 0..255 (float32, 784 per MNIST image),
-selects the pixels that survived pruning and divides by 255 (what `data.py` does), so a caller feeds
-images as they are stored.
+file too. Negligible weights (|w| < 1e-20: weight decay leaves the weights of always-black pixels
+decaying towards the subnormal floats) are flushed to zero first: they change no logit visibly, but
+they and their subnormal products send CPU arithmetic down a slow path (tens of times slower inference
+in our measurements). The graph takes the full image as raw pixel values 0..255 (float32, 784 per
+MNIST image), selects the pixels that survived pruning and divides by 255 (what `data.py` does), so a
+caller feeds images as they are stored.
 
 Both formats hold the same tensors (``input_index``, ``layers.L.weight``, ``layers.L.bias``) and the
 same JSON document (architecture, kept pixels, provenance), plus a SHA-256 of the export serialised
@@ -55,9 +56,10 @@ EXPORT_FORMAT = "dynhp-bench-export"
 EXPORT_VERSION = 1
 PIXEL_SCALE = 255.0
 LOGIT_TOLERANCE = 1e-4
-# Weight decay leaves the weights of always-black pixels decaying geometrically into subnormal floats
-# (|w| < 1.2e-38); they add nothing a float32 logit can show, but each one costs CPU arithmetic a slow path.
-SUBNORMAL_BELOW = torch.finfo(torch.float32).tiny
+# Weight decay leaves the weights of always-black pixels decaying geometrically towards 0. Below 1e-20 a
+# weight times any activation short of 1e3 is 1e-17 at most, ten orders under a float32 logit's last bit,
+# but a weight under 1.2e-38 (subnormal), or one whose products are, sends CPU arithmetic down a slow path.
+NEGLIGIBLE_BELOW = 1e-20
 ONNX_OPSET = 17
 ONNX_IR_VERSION = 8  # what opset 17 needs; older runtimes load it too
 EXTRA_HINT = "pip install 'dynhp-bench[export]'"
@@ -154,7 +156,7 @@ def load_final_network(run_dir: Path) -> FinalNetwork:
 
 @torch.no_grad()
 def fold(final: FinalNetwork) -> ExportedNet:
-    """The evaluated network with gates folded in (W·diag(z)), subnormal weights flushed to zero, and units
+    """The evaluated network with gates folded in (W·diag(z)), negligible weights flushed to zero, and units
     whose folded weights are all zero dropped.
 
     Dropping runs from the last layer back: removing hidden unit j removes row j of the layer before,
@@ -163,8 +165,8 @@ def fold(final: FinalNetwork) -> ExportedNet:
     net = final.net
     gates = net.deterministic_gates()
     weights = [w * gates[i] if gates is not None else w.clone() for i, w in enumerate(net.weights)]
-    subnormal = [int(w.ne(0).logical_and(w.abs() < SUBNORMAL_BELOW).sum()) for w in weights]
-    weights = [w.masked_fill(w.abs() < SUBNORMAL_BELOW, 0.0) for w in weights]
+    negligible = [int(w.ne(0).logical_and(w.abs() < NEGLIGIBLE_BELOW).sum()) for w in weights]
+    weights = [w.masked_fill(w.abs() < NEGLIGIBLE_BELOW, 0.0) for w in weights]
     biases = [b.clone() for b in net.biases]
     input_index = final.input_index.clone()
     dropped = [0] * len(weights)
@@ -185,11 +187,11 @@ def fold(final: FinalNetwork) -> ExportedNet:
         tuple(b.contiguous() for b in biases),
         {},
     )
-    document = _document(final, exported, dropped, subnormal)
+    document = _document(final, exported, dropped, negligible)
     return ExportedNet(exported.input_index, exported.weights, exported.biases, document)
 
 
-def _document(final: FinalNetwork, exported: ExportedNet, dropped: list[int], subnormal: list[int]) -> dict[str, Any]:
+def _document(final: FinalNetwork, exported: ExportedNet, dropped: list[int], negligible: list[int]) -> dict[str, Any]:
     config = final.config
     return {
         "format": EXPORT_FORMAT,
@@ -211,7 +213,7 @@ def _document(final: FinalNetwork, exported: ExportedNet, dropped: list[int], su
             "final_error_pct": final.final_error_pct,
             "settings": config.to_dict(),
             "gates_folded": config.gated,
-            "subnormal_weights_flushed": subnormal,
+            "negligible_weights_flushed": negligible,
             "units_dropped_as_zero": dropped,
             "training_versions": final.training_versions,
             "export_versions": {

@@ -96,6 +96,8 @@ def _tiny_net() -> GatedMLP:
         net.weights[0][:, 4] = 0.0
         net.weights[0][2, 4] = 1e-40  # pixel 4 feeds only hidden unit 2 (a subnormal weight)
         net.weights[0][0, 5] = 3e-39  # one subnormal weight of a live pixel
+        net.weights[0][1, 5] = 4e-25  # and one negligible normal one
+        net.weights[0][3, 5] = 2e-20  # folded (· 0.777), still above the threshold: kept
     return net
 
 
@@ -107,12 +109,13 @@ def test_fold_drops_exactly_the_zero_gated_units_and_what_only_they_fed() -> Non
     assert folded.input_index.tolist() == [0, 2, 3, 5]
     assert folded.shapes == [(4, 3), (3, 3), (3, 2)]
     assert folded.document["provenance"]["units_dropped_as_zero"] == [2, 1, 0]
-    assert folded.document["provenance"]["subnormal_weights_flushed"] == [2, 0, 0]
+    assert folded.document["provenance"]["negligible_weights_flushed"] == [3, 0, 0]
     with torch.no_grad():
         gates = net.deterministic_gates()
         assert gates is not None and float(gates[0][1]) == 0.0 and 0.77 < float(gates[0][0]) < 0.78
         expected = net.weights[0][[0, 1, 3], :][:, [0, 2, 3, 5]] * gates[0][[0, 2, 3, 5]]
-    expected[0, 3] = 0.0  # the subnormal 3e-39 · gate, flushed
+    expected[0, 3] = expected[1, 3] = 0.0  # 3e-39 · gate and 4e-25 · gate, flushed
+    assert 1e-20 < float(expected[2, 3]) < 2e-20
     torch.testing.assert_close(folded.weights[0], expected, rtol=0, atol=0)
     pixels = torch.randint(0, 256, (50, 6), generator=torch.Generator().manual_seed(1)).float()
     torch.testing.assert_close(folded.logits(pixels), final.logits(pixels), rtol=0, atol=1e-6)
