@@ -349,19 +349,20 @@ def bench_command(
 
 
 def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None, repeats: int) -> None:
-    from dynhp_bench import export  # onnx and onnxruntime load only for this
+    from dynhp_bench import inference  # onnx and onnxruntime load only for this
+    from dynhp_bench.export import load_final_network
 
     _set_threads(threads)
-    models = [export.inference_model(run_dir) for run_dir in run_dirs]
+    models = [inference.inference_model(run_dir) for run_dir in run_dirs]
     if not any(m.strategy == "dense" for m in models):
-        models.append(export.dense_reference(export.load_final_network(run_dirs[0]).config))
+        models.append(inference.dense_reference(load_final_network(run_dirs[0]).config))
     err_console.print(
         f"timing {len(models)} models × 2 runtimes, {repeats} rounds, {torch.get_num_threads()} threads",
         highlight=False,
     )
-    rows = export.time_inference(models, rounds=repeats)
+    rows = inference.time_inference(models, rounds=repeats)
     for model in models:
-        export.save_inference(model, rows)
+        inference.save_inference(model, rows)
     frame = pd.DataFrame(rows)
     csv_path = _save_csv(frame, out / "bench" / "inference.csv")
     table = Table(title=f"Inference on this CPU, {torch.get_num_threads()} thread(s), median call")
