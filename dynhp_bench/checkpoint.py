@@ -22,7 +22,7 @@ import torch
 from dynhp_bench.errors import ResultsError
 
 FORMAT = "dynhp-bench-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: masks, validation losses and two record columns (nonzero_params, validation_loss)
 REQUIRED_KEYS = ("format", "version", "run_id", "epoch", "trainer", "records")
 
 

@@ -77,6 +77,7 @@ err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 AMBIGUITIES = "Choices the paper leaves open"
 MAX_THREADS = 1024
+DYPRUNE = "DyPrune (strategy dyprune)"
 
 
 def _choices(name: str) -> str:
@@ -174,13 +175,71 @@ def train_command(
             rich_help_panel=AMBIGUITIES,
         ),
     ] = None,
+    validation_split: Annotated[
+        int | None,
+        typer.Option(
+            help="Hold out the last N training images for a validation loss (any strategy; dyprune needs it)",
+            show_default="dyprune: 10000, a sixth of --subset; others: none",
+        ),
+    ] = None,
+    prune_schedule: Annotated[
+        str | None,
+        typer.Option(
+            help=f"DyPrune: {_choices('prune_schedule')}: prune when the validation loss flattens, or every K epochs",
+            show_default="dynamic",
+            rich_help_panel=DYPRUNE,
+        ),
+    ] = None,
+    prune_interval: Annotated[
+        int | None,
+        typer.Option(help="DyPrune static: prune after epochs t % K == 0", show_default="4", rich_help_panel=DYPRUNE),
+    ] = None,
+    slope_min: Annotated[
+        float | None,
+        typer.Option(help="DyPrune dynamic: lowest slope ratio that prunes", show_default="0", rich_help_panel=DYPRUNE),
+    ] = None,
+    slope_max: Annotated[
+        float | None,
+        typer.Option(
+            help="DyPrune dynamic: highest slope ratio that prunes", show_default="0.05", rich_help_panel=DYPRUNE
+        ),
+    ] = None,
+    prune_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="DyPrune: a fixed rate in [0, 1] instead of (ln(non-zero weights) − 6) / 10",
+            show_default="the size-scaled rate",
+            rich_help_panel=DYPRUNE,
+        ),
+    ] = None,
+    reset_optimizer: Annotated[
+        bool | None,
+        typer.Option(
+            "--reset-optimizer/--keep-optimizer",
+            help="DyPrune: start Adam afresh at each pruning (as published) or keep its moments",
+            show_default="reset",
+            rich_help_panel=DYPRUNE,
+        ),
+    ] = None,
+    reset_biases: Annotated[
+        bool | None,
+        typer.Option(
+            "--reset-biases/--keep-biases",
+            help="DyPrune: draw the biases again at each pruning (as the published code does by accident)",
+            show_default="keep",
+            rich_help_panel=DYPRUNE,
+        ),
+    ] = None,
 ) -> None:
     """Train one run and write its folder: config.json, epochs.csv, summary.json."""
     cli_values: dict[str, Any] = {
         "dataset": dataset, "strategy": strategy, "profile": profile, "epochs": epochs, "batch_size": batch_size,
         "lam": lambda_, "gamma": gamma, "alpha_bs": alpha_bs, "budget_bytes": budget_bytes, "seed": seed,
         "subset": subset, "hidden": hidden, "gate_draws": gate_draws, "growth_cadence": growth_cadence,
-        "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling,
+        "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling, "validation_split": validation_split,
+        "prune_schedule": prune_schedule, "prune_interval": prune_interval, "slope_min": slope_min,
+        "slope_max": slope_max, "prune_rate": prune_rate, "reset_optimizer": reset_optimizer,
+        "reset_biases": reset_biases,
     }  # fmt: skip
     if resume is not None:
         given = sorted(k for k, v in cli_values.items() if v is not None) + (["config"] if config else [])
@@ -603,7 +662,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 # train's options that fix a sweep's settings (and the runtime ones a sweep shares), reused as they are.
 SETTING_OPTIONS = (
     "dataset", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes", "subset",
-    "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling",
+    "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "validation_split", "prune_schedule",
+    "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
 )  # fmt: skip
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"

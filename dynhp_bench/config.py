@@ -10,6 +10,11 @@ The paper leaves three choices open; they are settings here with SPEC's defaults
 * ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default) or down (``floor``);
 * ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
   code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``).
+
+``validation_split`` holds out the last N training images (trained on by no strategy that sets it) to
+measure a validation loss after every epoch. DyPrune needs it (default 10,000 of the full set, a sixth
+of a subset, its published 50,000 / 10,000 proportion); any other strategy may set it for a
+like-for-like comparison, since DyPrune then trains on fewer images than the paper's strategies.
 """
 
 from __future__ import annotations
@@ -61,7 +66,9 @@ DEFAULT_BATCH_SIZE: dict[tuple[str, str], int] = {
     ("fashion", "hp"): 128,
     ("fashion", "dynhp"): 16,
 }
-FALLBACK_BATCH_SIZE = 128
+FALLBACK_BATCH_SIZE = 128  # also DyPrune's: its published example trains at batch 128
+DEFAULT_VALIDATION_SPLIT = 10_000
+VALIDATION_SHARE = 6  # the published 60,000 = 50,000 + 10,000: a sixth of a subset is held out
 DEFAULT_ALPHA_BS = {"mnist": 0.972, "fashion": 0.980}
 # SPEC §2: the default budget C is the per-epoch memory of the dataset's best SP configuration.
 BUDGET_SP_BATCH = {"mnist": 512, "fashion": 128}
@@ -74,6 +81,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "growth_cadence": ("epoch", "step"),
     "growth_rounding": ("ceil", "floor"),
     "lambda_scaling": ("divide_by_n", "none"),
+    "prune_schedule": ("dynamic", "static"),
 }
 _FIELD_DEFAULTS: dict[str, Any] = {
     "lam": 0.01,
@@ -84,6 +92,14 @@ _FIELD_DEFAULTS: dict[str, Any] = {
     "growth_cadence": "epoch",
     "growth_rounding": "ceil",
     "lambda_scaling": "divide_by_n",
+    # DyPrune (SPEC §7): the published defaults; prune_rate None means the size-scaled rate.
+    "prune_schedule": "dynamic",
+    "prune_interval": 4,
+    "slope_min": 0.0,
+    "slope_max": 0.05,
+    "prune_rate": None,
+    "reset_optimizer": True,
+    "reset_biases": False,
 }
 # Settings that only some strategies read (naming them for another strategy is an error).
 USED_BY: dict[str, tuple[str, ...]] = {
@@ -122,6 +138,14 @@ class TrainConfig:
     growth_cadence: str | None = _FIELD_DEFAULTS["growth_cadence"]
     growth_rounding: str | None = _FIELD_DEFAULTS["growth_rounding"]
     lambda_scaling: str | None = _FIELD_DEFAULTS["lambda_scaling"]
+    validation_split: int | None = None
+    prune_schedule: str | None = _FIELD_DEFAULTS["prune_schedule"]
+    prune_interval: int | None = _FIELD_DEFAULTS["prune_interval"]
+    slope_min: float | None = _FIELD_DEFAULTS["slope_min"]
+    slope_max: float | None = _FIELD_DEFAULTS["slope_max"]
+    prune_rate: float | None = _FIELD_DEFAULTS["prune_rate"]
+    reset_optimizer: bool | None = _FIELD_DEFAULTS["reset_optimizer"]
+    reset_biases: bool | None = _FIELD_DEFAULTS["reset_biases"]
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -139,6 +163,9 @@ class TrainConfig:
                 object.__setattr__(self, "alpha_bs", DEFAULT_ALPHA_BS[self.dataset])
             if self.budget_bytes is None and _is_hidden(self.hidden):
                 object.__setattr__(self, "budget_bytes", default_budget_bytes(self.dataset, self.hidden))
+        if STRATEGIES[self.strategy].needs_validation_loss and self.validation_split is None:
+            default = DEFAULT_VALIDATION_SPLIT if self.subset is None else max(1, self.subset // VALIDATION_SHARE)
+            object.__setattr__(self, "validation_split", default)
         _check_int("epochs", self.epochs, low=1)
         _check_int("batch_size", self.batch_size, low=1)
         _check_int("seed", self.seed, low=0)
@@ -157,6 +184,27 @@ class TrainConfig:
             _check_range("gamma", self.gamma, 0.0, 1.0)
         if self.alpha_bs is not None:
             _check_range("alpha_bs", self.alpha_bs, 0.0, 1.0)
+        if self.validation_split is not None:
+            _check_int("validation_split", self.validation_split, low=1)
+            if self.subset is not None and self.validation_split >= self.subset:
+                raise SettingsError(
+                    f"--validation-split={self.validation_split} leaves no training images of --subset={self.subset}; "
+                    f"expected fewer than {self.subset}"
+                )
+        if self.prune_interval is not None:
+            _check_int("prune_interval", self.prune_interval, low=1)
+        for name in ("slope_min", "slope_max"):
+            if getattr(self, name) is not None and not _is_number(getattr(self, name)):
+                raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected a number")
+        if self.slope_min is not None and self.slope_max is not None and self.slope_min > self.slope_max:
+            raise SettingsError(
+                f"--slope-min={self.slope_min} is above --slope-max={self.slope_max}; expected min ≤ max"
+            )
+        if self.prune_rate is not None:
+            _check_range("prune_rate", self.prune_rate, 0.0, 1.0)
+        for name in ("reset_optimizer", "reset_biases"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected true or false")
         if self.budget_bytes is not None:
             _check_int("budget_bytes", self.budget_bytes, low=1)
             network = model_bytes(self.shapes)
@@ -195,8 +243,13 @@ class TrainConfig:
 
     @property
     def run_id(self) -> str:
-        """A readable, stable id: the key settings, then a hash of all of them."""
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """A readable, stable id: the key settings, then a hash of all of them.
+
+        Settings stored as None (unused by the strategy) stay out of the hash, so a setting added for one
+        strategy leaves the other strategies' ids as they were.
+        """
+        used = {k: v for k, v in self.to_dict().items() if v is not None}
+        digest = hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:8]
         parts = [self.dataset, self.strategy, f"b{self.batch_size}"]
         if self.alpha_bs is not None:
             parts.append(f"a{self.alpha_bs:g}")

@@ -92,7 +92,9 @@ class GatedMLP(nn.Module):
     """A ReLU MLP whose Linear layers each gate their inputs with hard-concrete gates.
 
     `weights[l]` has shape (out, in), `biases[l]` (out,), `log_alphas[l]` (in,). With ``gated=False`` it
-    is a plain MLP (the `dense` strategy): no gates and no penalty.
+    is a plain MLP (the `dense` strategy): no gates and no penalty. `pruned` is None until weights are
+    pruned (`prune_weights`); then `pruned[l]` is a bool tensor shaped like `weights[l]`, True where the
+    weight is held at exactly zero for good.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class GatedMLP(nn.Module):
         super().__init__()
         self.gated = gated
         self._outputs_cache: tuple[tuple[tuple[int, int], ...], torch.Tensor] | None = None
+        self.pruned: list[torch.Tensor] | None = None
         shapes = [(sizes[i], sizes[i + 1]) for i in range(len(sizes) - 1)]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -238,6 +241,31 @@ class GatedMLP(nn.Module):
         for log_alpha in self.log_alphas:
             log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
 
+    def nonzero_parameters(self) -> int:
+        """Non-zero weights and biases (gates not counted): the unstructured size beside the held one."""
+        return int(sum(int(torch.count_nonzero(p)) for p in self.weight_parameters()))
+
+    @torch.no_grad()
+    def prune_weights(self, masks: Sequence[torch.Tensor]) -> None:
+        """Hold the weights marked True in `masks` (one per layer, shaped like its weight) at zero for good."""
+        if self.pruned is None:
+            self.pruned = [m.to(torch.bool).clone() for m in masks]
+        else:
+            self.pruned = [old | new.to(torch.bool) for old, new in zip(self.pruned, masks, strict=True)]
+        self.zero_pruned()
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        """Set every pruned weight back to exactly zero (after each optimiser step).
+
+        Masking the gradient would not be enough: Adam's moments carry an update for an entry after its
+        gradient stops. Overwriting the entry after the step holds it at 0 whatever the moments hold
+        (masked_fill, not a multiplication, so even a non-finite update leaves an exact 0).
+        """
+        if self.pruned is not None:
+            for weight, pruned in zip(self.weights, self.pruned, strict=True):
+                weight.masked_fill_(pruned, 0.0)
+
     @torch.no_grad()
     def remove_units(self, keep: Sequence[torch.Tensor]) -> list[Removal]:
         """Physically remove the input neurons of each gated layer where `keep[l]` is False.
@@ -260,7 +288,11 @@ class GatedMLP(nn.Module):
             if layer > 0:
                 removals.append(Removal(self.weights[layer - 1], 0, index))
                 removals.append(Removal(self.biases[layer - 1], 0, index))
+        layer_of = {id(w): layer for layer, w in enumerate(self.weights)}
         for removal in removals:
             removal.param.data = removal.param.data.index_select(removal.dim, removal.index).contiguous()
             removal.param.grad = None
+            layer = layer_of.get(id(removal.param))
+            if self.pruned is not None and layer is not None:
+                self.pruned[layer] = self.pruned[layer].index_select(removal.dim, removal.index).contiguous()
         return removals

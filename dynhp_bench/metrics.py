@@ -70,17 +70,19 @@ def trainable_parameters(shapes: Sequence[LayerShape], *, gated: bool) -> int:
     return weight_count(shapes) + (sum(n_in for n_in, _ in shapes) if gated else 0)
 
 
-def footprint_bytes(shapes: Sequence[LayerShape], batch_size: int, *, gated: bool) -> int:
+def footprint_bytes(shapes: Sequence[LayerShape], batch_size: int, *, gated: bool, masked: bool = False) -> int:
     """What training really holds, which the paper's metric leaves out.
 
     Parameters (gates included) four times over (values, gradients, Adam's two moments), the activations
     autograd keeps for the backward pass (each layer's input and output, plus the gated input when gated),
-    and the batch as it is fed (pruned input width) with its int64 labels.
+    the batch as it is fed (pruned input width) with its int64 labels, and, with `masked`, one byte per
+    weight for the pruning masks (bool).
     """
     params = trainable_parameters(shapes, gated=gated)
     per_sample_activations = sum((2 * n_in if gated else n_in) + n_out for n_in, n_out in shapes)
     batch = batch_size * (shapes[0][0] * BYTES_PER_FLOAT + 8)
-    return BYTES_PER_FLOAT * (4 * params + batch_size * per_sample_activations) + batch
+    masks = sum(n_in * n_out for n_in, n_out in shapes) if masked else 0
+    return BYTES_PER_FLOAT * (4 * params + batch_size * per_sample_activations) + batch + masks
 
 
 def epoch_flops(shapes: Sequence[LayerShape], n_samples: int) -> int:
@@ -112,7 +114,9 @@ class EpochRecord:
     `active_k` counts the neurons physically held by gated layer k (its inputs: 784 pixels, then the
     hidden units); `expected_active_k` is Σ_j a_j, the epoch's activation rates summed (SP's "virtual"
     neurons of Figure 1). Batch, model and memory columns describe the network as it was trained in
-    this epoch, before the pruning at its end.
+    this epoch, before the pruning at its end; `nonzero_params` counts its non-zero weights and biases
+    as evaluated (unstructured sparsity, beside the held `model_bytes`). `validation_loss` is the mean
+    cross-entropy on the validation split (NaN without one).
     """
 
     epoch: int
@@ -123,6 +127,7 @@ class EpochRecord:
     train_loss: float
     train_penalty: float
     test_error_pct: float
+    validation_loss: float
     active_0: int
     active_1: int
     active_2: int
@@ -134,6 +139,7 @@ class EpochRecord:
     memory_mb: float
     model_size_mb: float
     trainable_params: int
+    nonzero_params: int
     footprint_bytes: int
     variance_ratio: float
     batch_cap: int | None

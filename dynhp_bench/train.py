@@ -37,7 +37,7 @@ from dynhp_bench.metrics import (
     training_memory_mb,
 )
 from dynhp_bench.results import RunFolder, run_path
-from dynhp_bench.strategies import STRATEGIES, GrowthStats, MemoryState, Strategy
+from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
 from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -123,14 +123,30 @@ class Trainer:
         self.optimizer = make_adam(list(self.net.parameters()), lr=config.lr)
         self.data = data
         self.stop: StopRequest | None = None
-        self.train_x = data.train_x.to(device)
-        self.train_y = data.train_y.to(device)
-        self.test_x = data.test_x.to(device)
+        held_out = config.validation_split or 0
+        if held_out >= data.n_train:
+            raise SettingsError(
+                f"--validation-split={held_out} leaves none of the {data.n_train} training images to train on; "
+                f"expected fewer than {data.n_train}"
+            )
+        # The validation split is the last `held_out` training images; the others are trained on.
+        self.n_train = data.n_train - held_out
+        self.input_index = torch.arange(data.train_x.shape[1])
+        self._feed(self.input_index)
+        self.train_y = data.train_y[: self.n_train].to(device)
+        self.val_y = data.train_y[self.n_train :].to(device)
         self.test_y = data.test_y.to(device)
-        self.n_train = data.n_train
-        self.input_index = torch.arange(self.train_x.shape[1])
+        self.validation_losses: list[float] = []
         self.batch_size = config.batch_size
         self.tap = GradientTap()
+
+    def _feed(self, columns: torch.Tensor) -> None:
+        """Put the training, validation and test images on the device, keeping the input pixels `columns`."""
+        columns = columns.to(self.device)
+        images = self.data.train_x.to(self.device).index_select(1, columns)
+        self.train_x = images[: self.n_train].contiguous()
+        self.val_x = images[self.n_train :].contiguous()
+        self.test_x = self.data.test_x.to(self.device).index_select(1, columns).contiguous()
 
     def state_dict(self) -> dict[str, Any]:
         """A detached copy of everything that decides the rest of the run (what a checkpoint holds)."""
@@ -141,10 +157,13 @@ class Trainer:
             "device_generator": None if self.device.type == "cpu" else self.device_generator.get_state(),
             "input_index": self.input_index.clone(),
             "batch_size": self.batch_size,
+            "pruned": None if self.net.pruned is None else [p.cpu().clone() for p in self.net.pruned],
+            "validation_losses": list(self.validation_losses),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state_dict()` output: shapes, weights, Adam, generators, pixels fed, batch size."""
+        """Continue from `state_dict()` output: shapes, weights, masks, Adam, generators, pixels fed, batch size,
+        validation losses."""
         params = list(self.net.parameters())
         saved = state["params"]
         index = state["input_index"]
@@ -153,27 +172,41 @@ class Trainer:
         for param, value in zip(params, saved, strict=True):
             param.data = value.to(self.device).clone()
             param.grad = None
+        pruned = state["pruned"]
+        self.net.pruned = None if pruned is None else [p.to(self.device).clone() for p in pruned]
         self.optimizer.load_state_dict(state["optimizer"])
         self.cpu_generator.set_state(state["cpu_generator"])
         if state["device_generator"] is not None and self.device.type != "cpu":
             self.device_generator.set_state(state["device_generator"])
         self.input_index = index.clone()
-        columns = index.to(self.device)
-        self.train_x = self.data.train_x.to(self.device).index_select(1, columns).contiguous()
-        self.test_x = self.data.test_x.to(self.device).index_select(1, columns).contiguous()
+        self._feed(index)
         self.batch_size = int(state["batch_size"])
+        self.validation_losses = [float(v) for v in state["validation_losses"]]
 
     def run_epoch(self, epoch: int, *, last: bool) -> EpochRecord:
         """Train one epoch, evaluate, let the strategy prune and resize; return the epoch's record."""
         started = time.perf_counter()
         shapes = self.net.shapes
+        masked = self.net.pruned is not None
         totals = self._train_steps(epoch)
         steps = totals.steps
         rates = self.net.split(totals.counts / max(totals.draws, 1)) if self.net.gated else None
         error_pct = self.test_error_pct()
+        nonzero = self.net.nonzero_parameters()
+        validation_loss = math.nan
+        if self.val_x.shape[0] > 0:
+            validation_loss = self.validation_loss()
+            self.validation_losses.append(validation_loss)
 
-        if not last and rates is not None and self.strategy.removes_physically():
-            self.remove_units(self.strategy.units_to_remove(self.net, rates))
+        if not last:
+            end = EpochEnd(epoch, self.config.epochs, tuple(self.validation_losses))
+            pruning = self.strategy.weights_to_prune(self.net, end)
+            if pruning is not None:
+                self.net.prune_weights(pruning.masks)
+            if self.strategy.removes_physically():
+                self.remove_units(self.strategy.units_to_remove(self.net, rates))
+            if pruning is not None:
+                self.reset_after_pruning(pruning)
         memory = MemoryState(self.config.budget_bytes, model_bytes(self.net.shapes))
         mean_ratio = float(totals.ratio_sum / steps) if self.strategy.needs_gradient_variance else math.nan
         epoch_batch = totals.largest_batch
@@ -193,6 +226,7 @@ class Trainer:
             train_loss=float(totals.loss_sum / steps),
             train_penalty=float(totals.penalty_sum / steps),
             test_error_pct=error_pct,
+            validation_loss=validation_loss,
             active_0=active[0],
             active_1=active[1],
             active_2=active[2],
@@ -204,7 +238,8 @@ class Trainer:
             memory_mb=memory_mb(epoch_model_bytes, epoch_batch_bytes),
             model_size_mb=to_mb(epoch_model_bytes),
             trainable_params=trainable_parameters(shapes, gated=self.net.gated),
-            footprint_bytes=footprint_bytes(shapes, epoch_batch, gated=self.net.gated),
+            nonzero_params=nonzero,
+            footprint_bytes=footprint_bytes(shapes, epoch_batch, gated=self.net.gated, masked=masked),
             variance_ratio=mean_ratio,
             batch_cap=memory.cap,
             steps=steps,
@@ -257,6 +292,8 @@ class Trainer:
                 )
                 totals.penalty_sum += penalty
             self.optimizer.step()
+            if net.pruned is not None:
+                net.zero_pruned()
             if gated:
                 net.clamp_log_alphas()
             totals.loss_sum += data_loss.detach()
@@ -280,6 +317,29 @@ class Trainer:
             wrong += (logits.argmax(1) != self.test_y[start : start + EVAL_CHUNK]).sum()
         return 100.0 * float(wrong) / self.test_x.shape[0]
 
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Mean cross-entropy on the validation split, with deterministic gates."""
+        self.net.eval()
+        gates = self.net.deterministic_gates()
+        total = torch.zeros((), device=self.device)
+        for start in range(0, self.val_x.shape[0], EVAL_CHUNK):
+            logits = self.net(self.val_x[start : start + EVAL_CHUNK], gates)
+            total += F.cross_entropy(logits, self.val_y[start : start + EVAL_CHUNK], reduction="sum")
+        return float(total) / self.val_x.shape[0]
+
+    @torch.no_grad()
+    def reset_after_pruning(self, pruning: WeightPruning) -> None:
+        """What a strategy asks for with its pruning: fresh biases (U(±1/√fan_in) as a new nn.Linear draws
+        them, from the run's generator), a fresh Adam, or neither."""
+        if pruning.reset_biases:
+            for bias, (n_in, _) in zip(self.net.biases, self.net.shapes, strict=True):
+                bound = 1.0 / math.sqrt(n_in) if n_in > 0 else 0.0
+                fresh = torch.rand(bias.shape, generator=self.cpu_generator).mul_(2 * bound).sub_(bound)
+                bias.copy_(fresh.to(bias.device))
+        if pruning.reset_optimizer:
+            self.optimizer = make_adam(list(self.net.parameters()), lr=self.config.lr)
+
     def remove_units(self, remove_masks: Sequence[torch.Tensor]) -> bool:
         """Remove the neurons marked True, per gated layer, from the network, Adam's state and the data fed."""
         keep = [~mask.to(torch.bool) for mask in remove_masks]
@@ -294,6 +354,7 @@ class Trainer:
         if not bool(keep[0].all()):
             columns = keep[0].nonzero().squeeze(1).to(self.device)
             self.train_x = self.train_x.index_select(1, columns).contiguous()
+            self.val_x = self.val_x.index_select(1, columns).contiguous()
             self.test_x = self.test_x.index_select(1, columns).contiguous()
             self.input_index = self.input_index[keep[0].cpu()]
         return True
@@ -354,6 +415,7 @@ def summarize(config: TrainConfig, records: list[EpochRecord], *, n_train: int, 
         "best_epoch": best.epoch,
         "model_bytes": final.model_bytes,
         "model_size_mb": final.model_size_mb,
+        "nonzero_params": final.nonzero_params,
         "training_memory_mb": training_memory_mb([r.memory_mb for r in records]),
         "mean_memory_mb": sum(r.memory_mb for r in records) / len(records),
         "batch_size_initial": records[0].batch_size,
@@ -436,6 +498,6 @@ def train(
         finally:
             trainer.stop = None
     checkpoint(snapshot)
-    summary = summarize(config, records, n_train=data.n_train, wall_s=time.perf_counter() - started)
+    summary = summarize(config, records, n_train=trainer.n_train, wall_s=time.perf_counter() - started)
     folder.finish(summary)
     return RunResult(folder.path, summary, records)
