@@ -11,7 +11,7 @@ import torch
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.gates import GatedMLP
 from dynhp_bench.metrics import batch_cap
-from dynhp_bench.strategies import STRATEGIES, GrowthStats, MemoryState, Strategy
+from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
 
 
 @pytest.mark.parametrize("key", list(STRATEGIES))
@@ -23,10 +23,22 @@ def test_every_registered_strategy_honours_the_contract(key: str) -> None:
     config = TrainConfig(strategy=key, batch_size=16)
     strategy = cls(config)
     net = GatedMLP((784, 300, 100, 10), gated=cls.uses_gates)
-    rates = [torch.linspace(0, 1, n_in) for n_in, _ in net.shapes]
+    rates = [torch.linspace(0, 1, n_in) for n_in, _ in net.shapes] if cls.uses_gates else None
+    # Weight pruning: None, or one bool mask per layer shaped like its weight, never after the last epoch.
+    falling = tuple(1.0 / (t + 1) ** 3 for t in range(4))  # flattens: DyPrune's dynamic rule prunes at t = 3
+    assert strategy.weights_to_prune(net, EpochEnd(1, 20, ())) is None, "nothing to decide from after epoch 1"
+    assert strategy.weights_to_prune(net, EpochEnd(4, 4, falling)) is None, "never after the last epoch"
+    pruning = strategy.weights_to_prune(net, EpochEnd(4, 20, falling))
+    if pruning is not None:
+        assert isinstance(pruning, WeightPruning)
+        assert [(m.dtype, m.shape) for m in pruning.masks] == [(torch.bool, w.shape) for w in net.weights]
+        net.prune_weights(pruning.masks)
+    if cls.needs_validation_loss:
+        assert config.validation_split is not None and pruning is not None
     masks = strategy.units_to_remove(net, rates)
     assert [m.dtype for m in masks] == [torch.bool] * 3
-    assert [m.shape for m in masks] == [r.shape for r in rates]
+    assert [m.shape for m in masks] == [torch.Size([n_in]) for n_in, _ in net.shapes]
+    assert not bool(masks[0].any()) or cls.uses_gates, "only gated strategies drop input pixels"
     assert isinstance(strategy.removes_physically(), bool)
     if not strategy.removes_physically():
         assert not any(bool(m.any()) for m in masks), "a strategy that keeps memory constant removes nothing"
