@@ -39,6 +39,7 @@ from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsEr
 from dynhp_bench.metrics import EpochRecord, to_mb
 from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, write_text_atomic
 from dynhp_bench.sweep import (
+    COMPETITOR_SWEEPS,
     PAPER_SWEEPS,
     SWEEPABLE,
     SWEEPS_DIR,
@@ -795,14 +796,21 @@ def reproduce_command(
     sweeps_dir: Annotated[
         Path, typer.Option(help="Folder of the paper's sweep files", show_default="sweeps/ beside the package")
     ] = SWEEPS_DIR,
+    competitors: Annotated[
+        bool,
+        typer.Option(
+            help="Also run the competitors (sweeps/competitors_*.toml: every strategy, DyPrune included, 3 seeds)"
+        ),
+    ] = False,
     quiet: QuietOption = False,
     train_options: dict[str, Any],
 ) -> None:
-    """Run every sweep file the paper's tables and figures need, skipping runs already complete."""
-    sweeps = [
-        expand(read_sweep_file(sweeps_dir / f"{name}.toml"), overrides={"profile": profile}) for name in PAPER_SWEEPS
-    ]
-    sweep = combine(sweeps, name="reproduce", description=f"the paper's tables and figures, {profile} profile")
+    """Run every sweep file the paper's tables and figures need (with --competitors, the competitors' too),
+    skipping runs already complete."""
+    names = [*PAPER_SWEEPS, *(COMPETITOR_SWEEPS.values() if competitors else ())]
+    sweeps = [expand(read_sweep_file(sweeps_dir / f"{name}.toml"), overrides={"profile": profile}) for name in names]
+    what = "the paper's tables and figures" + (" and the competitors" if competitors else "")
+    sweep = combine(sweeps, name="reproduce", description=f"{what}, {profile} profile")
     status = _run_sweep(sweep, train_options, storage=storage, workers=workers, threads=threads,
                         heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
     results_root = Path(train_options["out"]).resolve()

@@ -10,6 +10,7 @@
 from dynhp_bench.sweep.pool import PoolOutcome, WorkerExit, check_data, run_pool, threads_per_worker
 from dynhp_bench.sweep.progress import GroupResult, Snapshot, TrialView, epochs_done, group_results, snapshot
 from dynhp_bench.sweep.spec import (
+    COMPETITOR_SWEEPS,
     PAPER_SWEEPS,
     SWEEPABLE,
     SWEEPS_DIR,
@@ -31,6 +32,7 @@ from dynhp_bench.sweep.storage import StorageTarget, check_storage, mask_url, op
 from dynhp_bench.sweep.worker import WorkerPlan, work
 
 __all__ = [
+    "COMPETITOR_SWEEPS",
     "PAPER_SWEEPS",
     "SWEEPABLE",
     "SWEEPS_DIR",

@@ -33,6 +33,8 @@ SWEEP_KEYS = ("name", "description", "seeds")
 # The sweep files of the paper's tables and figures (`reproduce` runs them all), beside the package in a checkout.
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 PAPER_SWEEPS = ("table2_mnist", "table3_fashion", "fig3_mnist_batch", "fig4_fashion_batch")
+# Every strategy at its best settings, DyPrune included (`reproduce --competitors`, `report`'s competitors tables).
+COMPETITOR_SWEEPS = {"mnist": "competitors_mnist", "fashion": "competitors_fashion"}
 
 
 @dataclass(frozen=True)
