@@ -23,7 +23,7 @@ import pandas as pd
 
 from dynhp_bench import __version__
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.report import CONFIG_KEY, configurations
+from dynhp_bench.report import CONFIG_KEY, EXTRA_KEY, configurations
 from dynhp_bench.results import read_json, write_json_atomic
 
 FORMAT = "dynhp-bench-baseline"
@@ -44,6 +44,8 @@ def config_name(key: dict[str, Any]) -> str:
     parts = [str(key["dataset"]), str(key["strategy"]), f"b{key['batch_size']}"]
     if key.get("alpha_bs") is not None:
         parts.append(f"a{key['alpha_bs']:g}")
+    if key.get("prune_schedule") is not None:
+        parts.append(str(key["prune_schedule"]))
     parts += [str(key["profile"]), f"e{key['epochs']}"]
     return "-".join(parts)
 
@@ -60,6 +62,10 @@ def _key(row: pd.Series) -> dict[str, Any]:
             key[name] = float(value)
         else:
             key[name] = str(value)
+    for name in EXTRA_KEY:  # only where set (DyPrune's), so other configurations' keys stay as they were
+        value = row.get(name)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            key[name] = value.item() if hasattr(value, "item") else value
     return key
 
 

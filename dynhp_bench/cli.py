@@ -525,7 +525,30 @@ def report_command(
                 err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
     else:
         _print_configurations(configs)
+    written += _write_competitors(configs, out)
     out_console.print(f"wrote {len(written)} files under {out} in {time.perf_counter() - started:.1f} s")
+
+
+def _write_competitors(configs: pd.DataFrame, out: Path) -> list[Path]:
+    """competitors_<dataset>.{csv,md} from the competitors sweep files, and Figure 8 for each dataset with runs."""
+    from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+
+    written = []
+    for dataset, name in COMPETITOR_SWEEPS.items():
+        if not (configs["dataset"] == dataset).any():
+            continue
+        path = SWEEPS_DIR / f"{name}.toml"
+        if path.is_file():
+            table = report.competitors_table(configs, report.competitor_entries(path))
+            written.append(_save_csv(table.drop(columns=["run_dirs"]), out / f"competitors_{dataset}.csv"))
+            write_text_atomic(out / f"competitors_{dataset}.md", report.competitors_markdown(table, dataset))
+            written.append(out / f"competitors_{dataset}.md")
+        try:
+            png, _ = figures.write_pareto(configs, dataset, out)
+        except OSError as exc:
+            raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
+        written += [png, png.with_suffix(".csv")]
+    return written
 
 
 @app.command("check")

@@ -1,4 +1,5 @@
-"""The paper's Figures 1-7: each one's plotted data as a DataFrame first (saved as CSV), then drawn.
+"""The paper's Figures 1-7, and Figure 8 (error against training memory, the Pareto front), which is ours: each
+one's plotted data as a DataFrame first (saved as CSV), then drawn.
 
 Every series is a configuration's epochs.csv, averaged over its seeds epoch by epoch, taken from the
 runs with the most epochs (see `report.select`). The "best" SP and HP configurations are the paper's:
@@ -19,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from dynhp_bench.metrics import memory_mb, model_bytes
-from dynhp_bench.report import DATASET_NAMES, reference_tables, select
+from dynhp_bench.report import DATASET_NAMES, RUN_LENGTH, configuration_label, reference_tables, select
 from dynhp_bench.results import write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
@@ -236,3 +237,98 @@ def write_figures(configs: pd.DataFrame, out_dir: Path) -> dict[str, tuple[Path,
         plt.close(figure)
         written[name] = (png, len(data))
     return written
+
+
+PARETO_COLUMNS = [
+    "label", "series", "strategy", "batch_size", "alpha_bs", "prune_schedule", "profile", "epochs", "subset", "seeds",
+    "final_error_pct", "final_error_pct_std", "training_memory_mb", "training_memory_mb_std", "pareto",
+]  # fmt: skip
+
+
+def pareto_data(configs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Figure 8: final error and training memory of every configuration of `dataset` at one run length.
+
+    Training memory grows with the epochs, so only configurations of the same profile, epochs and data are
+    comparable: the run length with the most configurations is taken (then the longest). `pareto` marks
+    the configurations no other beats on both error and memory (ties on memory go to the lower error).
+    """
+    part = configs[configs["dataset"] == dataset]
+    if part.empty:
+        return pd.DataFrame(columns=PARETO_COLUMNS)
+    sizes = part.groupby(RUN_LENGTH, dropna=False).size().reset_index(name="n")
+    best = sizes.sort_values(["n", "epochs"], ascending=False).iloc[0]
+    same = (part["profile"] == best["profile"]) & (part["epochs"] == best["epochs"])
+    same &= (
+        part["subset"].map(lambda v: v is None or pd.isna(v))
+        if pd.isna(best["subset"])
+        else (part["subset"] == best["subset"])
+    )
+    part = part[same].copy()
+    if "prune_schedule" not in part:
+        part["prune_schedule"] = None
+    part["label"] = [configuration_label(row) for _, row in part.iterrows()]
+    part["series"] = [
+        f"{row.strategy} ({row.prune_schedule})" if isinstance(row.prune_schedule, str) else row.strategy
+        for row in part.itertuples()
+    ]
+    part = part.sort_values(["training_memory_mb", "final_error_pct"]).reset_index(drop=True)
+    lowest = float("inf")
+    front = []
+    for error in part["final_error_pct"]:
+        front.append(error < lowest)
+        lowest = min(lowest, error)
+    part["pareto"] = front
+    return part[PARETO_COLUMNS]
+
+
+def plot_pareto(data: pd.DataFrame, dataset: str) -> Figure:
+    """Error against training memory, one colour per strategy, the Pareto front drawn and its points named."""
+    figure, ax = plt.subplots(figsize=(7.5, 5.0))
+    colours = plt.get_cmap("tab10").colors
+    markers = "osD^vP*X"  # a marker per series too, so coinciding configurations stay visible
+    for index, (series, part) in enumerate(data.groupby("series", sort=True)):
+        ax.errorbar(
+            part["training_memory_mb"], part["final_error_pct"], xerr=part["training_memory_mb_std"],
+            yerr=part["final_error_pct_std"], fmt=markers[index % len(markers)], color=colours[index % len(colours)],
+            label=str(series), capsize=3, markersize=9 - index % 4, alpha=0.85,
+        )  # fmt: skip
+    front = data[data["pareto"]]
+    if not front.empty:
+        ax.step(front["training_memory_mb"], front["final_error_pct"], "k--", where="post", lw=1, label="Pareto front")
+        for row in front.itertuples():
+            ax.annotate(row.label, (row.training_memory_mb, row.final_error_pct), textcoords="offset points",
+                        xytext=(6, 6), fontsize="small")  # fmt: skip
+    name = DATASET_NAMES.get(dataset, dataset)
+    if data.empty:
+        ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_title(f"Figure 8: {name}, error against training memory")
+    else:
+        first = data.iloc[0]
+        seeds = sorted({int(s) for s in data["seeds"]})
+        seeds_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
+        ax.set_title(
+            f"Figure 8: {name}, error against training memory\n"
+            f"{first['profile']} profile, {int(first['epochs'])} epochs, {seeds_text} seed(s); lower left is better",
+            fontsize="medium",
+        )
+        spread = data["training_memory_mb"].max() / max(data["training_memory_mb"].min(), 1e-12)
+        if spread > 20:
+            ax.set_xscale("log")
+    ax.set_xlabel("training memory (MB, Σ per-epoch memory / 1000)")
+    ax.set_ylabel("final test error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def write_pareto(configs: pd.DataFrame, dataset: str, out_dir: Path) -> tuple[Path, int]:
+    """Compute, save (CSV) and draw (PNG) Figure 8 for one dataset; returns (PNG path, configurations)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = pareto_data(configs, dataset)
+    write_text_atomic(out_dir / f"fig8_pareto_{dataset}.csv", data.to_csv(index=False))
+    figure = plot_pareto(data, dataset)
+    png = out_dir / f"fig8_pareto_{dataset}.png"
+    figure.savefig(png, dpi=110)
+    plt.close(figure)
+    return png, len(data)

@@ -31,7 +31,13 @@ TABLE_NUMBER = {"mnist": 2, "fashion": 3}
 PAPER_TABLE_SWEEPS = {"mnist": "sweeps/table2_mnist.toml", "fashion": "sweeps/table3_fashion.toml"}
 # A configuration: everything but the seed (other settings at their paper values are part of the match).
 CONFIG_KEY = ["dataset", "strategy", "batch_size", "alpha_bs", "profile", "epochs", "lam", "gamma", "subset"]
-METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb"]
+# Settings that tell competitor configurations apart (None for the strategies that do not use them).
+EXTRA_KEY = [
+    "validation_split", "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate",
+    "reset_optimizer", "reset_biases",
+]  # fmt: skip
+METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb", "nonzero_params", "wall_s"]
+RUN_LENGTH = ["profile", "epochs", "subset"]
 
 
 def reference_tables() -> pd.DataFrame:
@@ -69,9 +75,11 @@ def index_runs(results_root: Path) -> RunIndex:
                 "lam": settings.get("lambda"),
                 "gamma": settings.get("gamma"),
                 "subset": settings.get("subset"),
+                **{name: settings.get(name) for name in EXTRA_KEY},
                 "seed": int(summary["seed"]),
                 "n_train": summary.get("n_train"),
-                **{metric: float(summary[metric]) for metric in METRICS},
+                # Runs written before a metric existed (nonzero_params) read it as NaN.
+                **{metric: float(summary.get(metric, math.nan)) for metric in METRICS},
             }
         )
     runs_dir = Path(results_root) / RUNS_DIR
@@ -102,12 +110,16 @@ def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: each metric's mean and std over its seeds, and the number of seeds."""
-    grouped = runs.groupby(CONFIG_KEY, dropna=False, sort=True)
+    runs = runs.assign(**{name: runs[name].astype(object) for name in EXTRA_KEY if name in runs})
+    for name in EXTRA_KEY:
+        if name not in runs:
+            runs = runs.assign(**{name: None})
+    grouped = runs.groupby(CONFIG_KEY + EXTRA_KEY, dropna=False, sort=True)
     frame = grouped[METRICS].mean().join(grouped[METRICS].std(ddof=1).fillna(0.0).add_suffix("_std"))
     frame["seeds"] = grouped.size()
     frame["run_dirs"] = grouped["run_dir"].agg(lambda dirs: ";".join(sorted(dirs)))
     frame = frame.reset_index()
-    for column in ("alpha_bs", "lam", "gamma", "subset"):  # settings a strategy does not use: None
+    for column in ("alpha_bs", "lam", "gamma", "subset", *EXTRA_KEY):  # settings a strategy does not use: None
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     return frame
 
@@ -316,3 +328,112 @@ def missing_rows(tables: dict[str, pd.DataFrame]) -> list[str]:
             )
             out.append(f"{DATASET_NAMES[dataset]} {row.method} {what}: produced by {row.produced_by}")
     return out
+
+
+def configuration_label(row: pd.Series | dict[str, object]) -> str:
+    """A short name for a configuration in tables and figures: strategy, batch, α_bs, DyPrune's schedule."""
+    label = f"{row['strategy']} b{int(row['batch_size'])}"  # type: ignore[call-overload]
+    if _present(row["alpha_bs"]):
+        label += f" α{float(row['alpha_bs']):g}"  # type: ignore[arg-type]
+    if _present(row.get("prune_schedule")):
+        label += f" {row['prune_schedule']}"
+    return label
+
+
+def _present(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _same(value: object, wanted: object) -> bool:
+    if not _present(wanted):
+        return not _present(value)
+    if not _present(value):
+        return False
+    if isinstance(wanted, bool) or isinstance(value, bool):
+        return bool(value) == bool(wanted)
+    if isinstance(wanted, int | float):
+        return math.isclose(float(value), float(wanted), rel_tol=1e-9)  # type: ignore[arg-type]
+    return str(value) == str(wanted)
+
+
+COMPETITOR_COLUMNS = [
+    "group", "strategy", "batch_size", "alpha_bs", "prune_schedule", "profile", "epochs", "subset", "seeds",
+    "final_error_pct", "final_error_pct_std", "model_size_mb", "model_size_mb_std", "nonzero_params",
+    "nonzero_params_std", "training_memory_mb", "training_memory_mb_std", "wall_s", "wall_s_std", "run_dirs",
+]  # fmt: skip
+
+
+def competitor_entries(path: Path) -> list[tuple[str, dict[str, object]]]:
+    """(group name, settings) of each point of a competitors sweep file (the swept value set as a setting)."""
+    from dynhp_bench.sweep.spec import read_sweep_file, setting_name, value_setting
+
+    spec = read_sweep_file(path)
+    return [
+        (group.name if len(group.values) == 1 else f"{group.name} {value}",
+         {**group.settings, setting_name(group.param): value_setting(group.param, value)})
+        for group in spec.groups
+        for value in group.values
+    ]  # fmt: skip
+
+
+def competitors_table(configs: pd.DataFrame, entries: list[tuple[str, dict[str, object]]]) -> pd.DataFrame:
+    """One row per competitor × run length (profile, epochs, subset) with results: mean and std over seeds.
+
+    `entries` are (name, settings) pairs as a competitors sweep file's groups give them; a configuration
+    matches when every setting that tells configurations apart is what `train` resolves for the entry at
+    that run length (so the paper's λ and γ, DyPrune's default window and its validation split count).
+    """
+    from dynhp_bench.config import resolve_config
+
+    rows = []
+    lengths = configs[RUN_LENGTH].drop_duplicates().itertuples(index=False)
+    for profile, epochs, subset in lengths:
+        for name, settings in entries:
+            length = {"profile": profile, "epochs": int(epochs), "subset": None if not _present(subset) else subset}
+            wanted = resolve_config({**settings, **length})
+            match = configs[
+                configs.apply(
+                    lambda row, w=wanted: all(
+                        _same(row[k], getattr(w, k)) for k in CONFIG_KEY + EXTRA_KEY if k in row.index
+                    ),
+                    axis=1,
+                )
+            ]
+            for _, row in match.iterrows():
+                rows.append({"group": name, **{c: row.get(c) for c in COMPETITOR_COLUMNS if c != "group"}})
+    return pd.DataFrame(rows, columns=COMPETITOR_COLUMNS)
+
+
+def competitors_markdown(table: pd.DataFrame, dataset: str) -> str:
+    """The competitors table as Markdown: one section per run length, mean ± std over seeds."""
+    lines = [f"# Competitors: {DATASET_NAMES.get(dataset, dataset)}", ""]
+    if table.empty:
+        lines.append(f"No results yet: run `dynhp-bench sweep --file sweeps/competitors_{dataset}.toml`.")
+        return "\n".join(lines) + "\n"
+    for (profile, epochs, subset), part in table.groupby(RUN_LENGTH, dropna=False, sort=False):
+        data = "full training set" if not _present(subset) else f"first {int(subset):,} training images"
+        lines += [
+            f"## {profile} profile, {int(epochs)} epochs, {data}",
+            "",
+            "| strategy | configuration | seeds | error % | model size MB | non-zero params | "
+            "training memory MB | wall s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in part.itertuples():
+            seeds = int(row.seeds)
+            lines.append(
+                f"| {row.group} | {configuration_label(row._asdict())} | {seeds} "
+                f"| {_cell(row.final_error_pct, row.final_error_pct_std, seeds, 2)} "
+                f"| {_cell(row.model_size_mb, row.model_size_mb_std, seeds, 3)} "
+                f"| {_cell(row.nonzero_params, row.nonzero_params_std, seeds, 0)} "
+                f"| {_cell(row.training_memory_mb, row.training_memory_mb_std, seeds, 4)} "
+                f"| {_cell(row.wall_s, row.wall_s_std, seeds, 1)} |"
+            )
+        lines.append("")
+    lines.append(
+        "Mean ± standard deviation over seeds. Model size: the weights and biases the final network holds "
+        "(dense storage of the surviving neurons); non-zero params: those of them not zero (DyPrune's "
+        "unstructured sparsity). Training memory: Σ over epochs of (model + batch) MB / 1000, as in the paper. "
+        "DyPrune trains on the training set minus its validation split."
+    )
+    return "\n".join(lines) + "\n"

@@ -29,6 +29,7 @@ def make_run(
     batches: list[int] | None = None,
     expected_active: tuple[float, float, float] = (700.0, 250.0, 80.0),
     complete: bool = True,
+    nonzero: int = 266_610,
 ) -> Path:
     """Write a run folder as `train` would, with the given per-epoch values."""
     n = len(errors)
@@ -40,6 +41,7 @@ def make_run(
             EpochRecord(
                 epoch=i + 1, strategy=config.strategy, dataset=config.dataset, seed=config.seed,
                 batch_size=batches[i], train_loss=1.0, train_penalty=0.1, test_error_pct=errors[i],
+                validation_loss=math.nan, nonzero_params=nonzero,
                 active_0=784, active_1=300, active_2=100, expected_active_0=expected_active[0],
                 expected_active_1=expected_active[1], expected_active_2=expected_active[2],
                 model_bytes=model_bytes[i], batch_bytes=batch_bytes(batches[i]),
@@ -170,7 +172,8 @@ def test_report_on_partial_results_warns_and_exits_0(tmp_path: Path, capsys: pyt
     assert table2["status"].tolist() == ["ok"] + ["missing"] * 6
     for name in ("table1_datasets", "table2_mnist", "table3_fashion"):
         assert (tmp_path / "report" / f"{name}.csv").is_file() and (tmp_path / "report" / f"{name}.md").is_file()
-    assert len(list((tmp_path / "report").glob("fig*.png"))) == 7
+    assert len(list((tmp_path / "report").glob("fig[1-7]_*.png"))) == 7
+    assert (tmp_path / "report" / "fig8_pareto_mnist.png").is_file()
 
 
 def test_report_without_results_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,3 +240,66 @@ def test_a_malformed_baseline_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     bad.write_text('{"format": "something else"}')
     code, _, err = _run_cli(["check", "--baseline", str(bad), "--results", str(tmp_path)], capsys)
     assert code == 2 and "is not a dynhp-bench baseline" in err
+
+
+def _quick(strategy: str, batch_size: int, **kw: object) -> TrainConfig:
+    settings = {"strategy": strategy, "batch_size": batch_size, "profile": "quick", "epochs": 3, **kw}
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_competitors_table_takes_the_sweep_files_configurations_with_mean_and_std(tmp_path: Path) -> None:
+    make_run(tmp_path, _quick("sp", 512, seed=0), errors=[9.0, 5.0, 2.0])
+    make_run(tmp_path, _quick("sp", 512, seed=1), errors=[9.0, 5.0, 3.0])
+    make_run(tmp_path, _quick("sp", 16), errors=[9.0, 5.0, 1.0])  # not a competitor: another batch size
+    make_run(tmp_path, _quick("dyprune", 128, seed=0), errors=[9.0, 5.0, 4.0], nonzero=50_000)
+    make_run(tmp_path, _quick("dyprune", 128, seed=1), errors=[9.0, 5.0, 4.0], nonzero=60_000)
+    make_run(tmp_path, _quick("dyprune", 128, prune_schedule="static"), errors=[9.0, 5.0, 6.0], nonzero=10_000)
+    make_run(tmp_path, _quick("dyprune", 128, slope_max=0.5), errors=[9.0, 9.0, 9.0])  # not the file's window
+    configs = report.configurations(report.index_runs(tmp_path).runs)
+    entries = report.competitor_entries(Path(__file__).parents[1] / "sweeps" / "competitors_mnist.toml")
+    assert [name for name, _ in entries] == ["dense", "sp", "hp", "dynhp", "dyprune-dynamic", "dyprune-static"]
+    table = report.competitors_table(configs, entries).set_index("group")
+    assert list(table.index) == ["sp", "dyprune-dynamic", "dyprune-static"]
+    assert table.loc["sp", "final_error_pct"] == 2.5
+    assert table.loc["sp", "final_error_pct_std"] == pytest.approx(math.sqrt(0.5))
+    assert table.loc["dyprune-dynamic", "nonzero_params"] == 55_000
+    assert table.loc["dyprune-dynamic", "nonzero_params_std"] == pytest.approx(math.sqrt(50_000_000))
+    assert table.loc["dyprune-static", "seeds"] == 1
+    # Σ over 3 epochs of (model + batch) bytes / 1024 / 1000 / 1000.
+    expected_memory = 3 * memory_mb(FULL_BYTES, batch_bytes(128)) / 1000
+    assert table.loc["dyprune-static", "training_memory_mb"] == pytest.approx(expected_memory)
+    markdown = report.competitors_markdown(table.reset_index(), "mnist")
+    assert "## quick profile, 3 epochs, full training set" in markdown
+    assert "| sp | sp b512 | 2 | 2.50 ± 0.71 |" in markdown
+
+
+def test_pareto_front_keeps_the_configurations_nothing_beats_on_both_error_and_memory(tmp_path: Path) -> None:
+    make_run(tmp_path, _quick("sp", 16), errors=[9.0, 5.0])
+    make_run(tmp_path, _quick("sp", 128), errors=[9.0, 3.0])
+    make_run(tmp_path, _quick("dyprune", 128, prune_schedule="static"), errors=[9.0, 2.0])  # same memory, lower
+    make_run(tmp_path, _quick("sp", 512), errors=[9.0, 4.0])  # more memory, more error than dyprune: dominated
+    make_run(tmp_path, _quick("dense", 512), errors=[9.0, 1.5])  # most memory, least error: on the front
+    make_run(tmp_path, _quick("sp", 16, epochs=5), errors=[1.0] * 5)  # another run length: not plotted
+    configs = report.configurations(report.index_runs(tmp_path).runs)
+    data = figures.pareto_data(configs, "mnist")
+    assert data["label"].tolist() == ["sp b16", "dyprune b128 static", "sp b128", "dense b512", "sp b512"]
+    assert data.set_index("label")["pareto"].to_dict() == {
+        "sp b16": True, "dyprune b128 static": True, "sp b128": False, "dense b512": True, "sp b512": False,
+    }  # fmt: skip
+    assert set(data["series"]) == {"sp", "dyprune (static)", "dense"}
+    png, rows = figures.write_pareto(configs, "mnist", tmp_path / "report")
+    assert rows == 5 and png.stat().st_size > 10_000
+    on_disk = pd.read_csv(tmp_path / "report" / "fig8_pareto_mnist.csv")
+    assert on_disk["pareto"].tolist() == data["pareto"].tolist()
+
+
+def test_report_writes_the_competitors_tables_and_figure_8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_run(tmp_path, _quick("sp", 512), errors=[9.0, 2.0])
+    make_run(tmp_path, _quick("dyprune", 128), errors=[9.0, 3.0], nonzero=1_000)
+    assert _run_cli(["report", "--results", str(tmp_path)], capsys)[0] == 0
+    out = tmp_path / "report"
+    frame = pd.read_csv(out / "competitors_mnist.csv")
+    assert frame["group"].tolist() == ["sp", "dyprune-dynamic"]
+    assert frame["nonzero_params"].tolist() == [266_610, 1_000]
+    assert (out / "competitors_mnist.md").is_file() and (out / "fig8_pareto_mnist.png").is_file()
+    assert not (out / "competitors_fashion.csv").exists(), "no Fashion-MNIST runs, no Fashion-MNIST table"

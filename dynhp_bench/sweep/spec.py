@@ -222,8 +222,8 @@ def make_group(
         if trials is not None:
             raise SettingsError(f"trials={trials} needs a range to search; expected --range A:B[:STEP], not values")
         points = parse_values(param, values)
-    fixed = {_setting_name(k): v for k, v in (settings or {}).items()}
-    if _setting_name(param) in fixed:
+    fixed = {setting_name(k): v for k, v in (settings or {}).items()}
+    if setting_name(param) in fixed:
         raise SettingsError(f"{param} is swept in group {name!r}; it cannot also be a fixed setting")
     if "seed" in fixed:
         raise SettingsError(f"group {name!r} fixes a seed; expected seeds = [..] (or --seeds) instead")
@@ -305,11 +305,11 @@ def expand(
     Settings resolve as for `train`: defaults → profile → `settings_file` → the group's settings → `overrides`.
     `seeds` (the command line's) replaces the groups' and the file's seeds.
     """
-    given = {_setting_name(k): v for k, v in (overrides or {}).items() if v is not None}
+    given = {setting_name(k): v for k, v in (overrides or {}).items() if v is not None}
     groups: list[ResolvedGroup] = []
     for group in spec.groups:
         try:
-            if _setting_name(group.param) in given:
+            if setting_name(group.param) in given:
                 raise SettingsError(f"{_flag(group.param)} is the swept parameter; it cannot also be fixed")
             group_seeds = seeds or group.seeds or spec.seeds
             points = tuple(
@@ -367,7 +367,7 @@ def value_setting(param: str, value: Decimal) -> int | float:
 def _resolve(
     group: Group, value: Decimal, seed: int, given: Mapping[str, Any], settings_file: Path | None
 ) -> TrainConfig:
-    cli = {**group.settings, **given, _setting_name(group.param): value_setting(group.param, value), "seed": seed}
+    cli = {**group.settings, **given, setting_name(group.param): value_setting(group.param, value), "seed": seed}
     return resolve_config(cli, settings_file=settings_file)
 
 
@@ -399,7 +399,8 @@ def _exponent(value: Decimal) -> int:
     return exponent if isinstance(exponent, int) else 0
 
 
-def _setting_name(name: str) -> str:
+def setting_name(name: str) -> str:
+    """The `TrainConfig` field a swept parameter sets (``lambda`` → ``lam``)."""
     name = name.replace("-", "_")
     return ALIASES.get(name, name)
 
