@@ -659,13 +659,19 @@ def _one_line(message: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: run the app, turning user errors into one line and exit status 2."""
+    args = list(argv) if argv is not None else sys.argv[1:]
     try:
-        result = app(args=list(argv) if argv is not None else None, prog_name="dynhp-bench", standalone_mode=False)
+        result = app(args=args, prog_name="dynhp-bench", standalone_mode=False)
     except DynhpError as exc:
         print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except typer.TyperException as exc:  # the vendored click's usage errors (bad option, bad type)
         message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        # Click names only the first unknown letter of a cluster of short options (-00 → -0): name the word.
+        option = getattr(exc, "option_name", None)
+        words = [a for a in args if option and a != option and a.startswith(option)]
+        if words:
+            message += f" (in {words[0]!r})"
         print(f"error: {_one_line(message)}", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", 2))
     except Interrupted as exc:

@@ -89,3 +89,10 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and out.startswith("dynhp-bench ")
     code, out, _ = _run(["train", "--help"], capsys)
     assert code == 0 and "--alpha-bs" in out and "--budget-bytes" in out
+
+
+def test_an_unknown_cluster_of_short_options_is_named_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    # Found by tests/test_cli_fuzz.py: click reported `sweep -00` as "No such option: -0".
+    code, _, err = _run(["sweep", "-00", "--quiet"], capsys)
+    assert code == 2
+    assert err.strip() == "error: No such option: -0 (in '-00')"
