@@ -294,7 +294,18 @@ def plot_pareto(data: pd.DataFrame, dataset: str) -> Figure:
         )  # fmt: skip
     front = data[data["pareto"]]
     if not front.empty:
-        ax.step(front["training_memory_mb"], front["final_error_pct"], "k--", where="post", lw=1, label="Pareto front")
+        # The staircase that bounds what the front dominates, from above the first point to the right edge,
+        # so that even a front of one configuration is drawn.
+        (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
+        xs, ys = [float(front["training_memory_mb"].iloc[0])], [top]
+        for row in front.itertuples():
+            xs += [row.training_memory_mb, row.training_memory_mb]
+            ys += [ys[-1], row.final_error_pct]
+        xs.append(right)
+        ys.append(ys[-1])
+        ax.plot(xs[:1] + xs[2:], ys[:1] + ys[2:], "k--", lw=1, label="Pareto front")
+        ax.set_xlim(left, right)
+        ax.set_ylim(bottom, top)
         for row in front.itertuples():
             ax.annotate(row.label, (row.training_memory_mb, row.final_error_pct), textcoords="offset points",
                         xytext=(6, 6), fontsize="small")  # fmt: skip
