@@ -4,7 +4,7 @@ Resolution order, later wins: built-in defaults → the profile's values → a T
 command line. Settings a strategy does not use are stored as ``None`` (so they never change a run id),
 and naming one explicitly for such a strategy is an error rather than silently ignored.
 
-The paper leaves three choices open; they are settings here with SPEC's defaults:
+The paper leaves three choices open; they are settings here, with these defaults:
 
 * ``growth_cadence``: Eq. 8 applied once per ``epoch`` (default) or after every ``step``;
 * ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default) or down (``floor``);
@@ -63,7 +63,7 @@ DEFAULT_BATCH_SIZE: dict[tuple[str, str], int] = {
 }
 FALLBACK_BATCH_SIZE = 128
 DEFAULT_ALPHA_BS = {"mnist": 0.972, "fashion": 0.980}
-# SPEC §2: the default budget C is the per-epoch memory of the dataset's best SP configuration.
+# The default budget C is the per-epoch memory of the dataset's best SP configuration.
 BUDGET_SP_BATCH = {"mnist": 512, "fashion": 128}
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -94,7 +94,7 @@ ALIASES = {"lambda": "lam"}
 
 
 def default_budget_bytes(dataset: str, hidden: tuple[int, ...]) -> int:
-    """SPEC's default memory budget C: full model bytes + the best SP batch of the dataset."""
+    """The default memory budget C: full model bytes + the best SP batch of the dataset."""
     return model_bytes(layer_shapes((INPUT_PIXELS, *hidden, N_CLASSES))) + batch_bytes(BUDGET_SP_BATCH[dataset])
 
 
@@ -134,6 +134,7 @@ class TrainConfig:
                 object.__setattr__(self, name, None)
             elif getattr(self, name) is None:
                 object.__setattr__(self, name, _FIELD_DEFAULTS.get(name))
+        budget_given = self.budget_bytes is not None
         if self.strategy == "dynhp":
             if self.alpha_bs is None:
                 object.__setattr__(self, "alpha_bs", DEFAULT_ALPHA_BS[self.dataset])
@@ -161,11 +162,17 @@ class TrainConfig:
             _check_int("budget_bytes", self.budget_bytes, low=1)
             network = model_bytes(self.shapes)
             needed = network + batch_bytes(self.batch_size)
+            if self.budget_bytes < needed and budget_given:
+                raise SettingsError(
+                    f"--budget-bytes={self.budget_bytes} is smaller than the network ({network:,} bytes) plus its "
+                    f"first batch of {self.batch_size:,} ({batch_bytes(self.batch_size):,} bytes); "
+                    f"expected at least {needed:,}"
+                )
             if self.budget_bytes < needed:
                 raise SettingsError(
-                    f"--budget-bytes={self.budget_bytes} is smaller than the network ({network} bytes) plus its "
-                    f"first batch of {self.batch_size} ({batch_bytes(self.batch_size)} bytes); "
-                    f"expected at least {needed}"
+                    f"--batch-size={self.batch_size}: a first batch of {self.batch_size:,} does not fit DynHP's "
+                    f"default memory budget for {self.dataset} ({self.budget_bytes:,} bytes: the network plus a "
+                    f"batch of {BUDGET_SP_BATCH[self.dataset]}); raise it with --budget-bytes {needed} or more"
                 )
 
     @property

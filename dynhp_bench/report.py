@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from dynhp_bench.errors import ResultsError
+from dynhp_bench.metrics import TRAINING_MEMORY_UNIT
 from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, RunFolder, complete_runs, read_json
 
 PAPER_EPOCHS = 2000
@@ -192,9 +193,12 @@ def paper_table(configs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     table["training_memory_delta_pct"] = [
         _delta_pct(v, sp_row["mean_memory_mb"]) if sp_row is not None else math.nan for v in table["mean_memory_mb"]
     ]
-    table["error_minus_paper"] = table["error_pct"] - table["paper_error_pct"]
-    table["model_size_minus_paper"] = table["model_size_mb"] - table["paper_model_size_mb"]
-    table["training_memory_minus_paper"] = table["training_memory_at_2000_mb"] - table["paper_training_memory_mb"]
+    # Rounded to the paper's digits (2 for error, 3 for MB), so the CSV reads 40.95, not 40.949999999999996.
+    table["error_minus_paper"] = (table["error_pct"] - table["paper_error_pct"]).round(2)
+    table["model_size_minus_paper"] = (table["model_size_mb"] - table["paper_model_size_mb"]).round(3)
+    table["training_memory_minus_paper"] = (
+        table["training_memory_at_2000_mb"] - table["paper_training_memory_mb"]
+    ).round(3)
     return table[TABLE_COLUMNS]
 
 
@@ -257,8 +261,8 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
     lines = [
         f"# Table {TABLE_NUMBER[dataset]}: {DATASET_NAMES[dataset]}",
         "",
-        "| method | batch / α_bs | error % (Δ) | paper | model size MB (Δ) | paper | training memory MB "
-        "(per-epoch mean, Δ) | paper (2,000 epochs) | profile, epochs, seeds |",
+        "| method | batch / α_bs | error % (Δ) | paper | model size MB (Δ) | paper | training memory "
+        f"{TRAINING_MEMORY_UNIT} (per-epoch mean MB, Δ) | paper (2,000 epochs) | profile, epochs, seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
@@ -291,7 +295,7 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
     lines.append("")
     lines.append(
         "Δ: difference from SP in %, as in the paper. Model size: the final network's weights and biases. "
-        "Training memory: Σ over epochs of (model + batch) MB / 1000."
+        f"Training memory: Σ over epochs of (model + batch) MB / 1000, in {TRAINING_MEMORY_UNIT}."
     )
     if not epochs.empty and epochs.min() < PAPER_EPOCHS:
         span = f"{int(epochs.min())}" if epochs.min() == epochs.max() else f"{int(epochs.min())}–{int(epochs.max())}"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from dynhp_bench.checkpoint import load_checkpoint, save_checkpoint
+from dynhp_bench.checkpoint import load_checkpoint, new_file_mode, save_checkpoint
 from dynhp_bench.errors import ResultsError
 from dynhp_bench.metrics import EpochRecord
 
@@ -52,6 +52,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, new_file_mode())
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

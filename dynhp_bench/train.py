@@ -38,6 +38,7 @@ from dynhp_bench.metrics import (
 )
 from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.strategies import STRATEGIES, GrowthStats, MemoryState, Strategy
+from dynhp_bench.threads import check_threads, default_threads
 from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,17 +52,17 @@ class Runtime:
 
     data_dir: Path | None = None
     results_root: Path = Path("results")
-    threads: int | None = None
+    threads: int | None = None  # None: `threads.default_threads` picks per run
     device: str = "auto"
     checkpoint_every: int | None = None
+    workers: int = 1  # processes sharing this machine's cores (a sweep's workers)
 
     def __post_init__(self) -> None:
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
             raise SettingsError(f"--checkpoint-every={self.checkpoint_every} is not valid; expected an integer ≥ 1")
         if self.device not in DEVICES:
             raise SettingsError(f"--device={self.device!r} is not known; expected one of {', '.join(DEVICES)}")
-        if self.threads is not None and self.threads < 1:
-            raise SettingsError(f"--threads={self.threads} is not valid; expected an integer ≥ 1")
+        check_threads(self.threads)
 
     def torch_device(self) -> torch.device:
         """The torch device: `auto` is CUDA when available, else the CPU."""
@@ -83,6 +84,9 @@ class RunResult:
 
 
 EpochCallback = Callable[[EpochRecord], None]
+# Within an epoch: (epoch, images trained so far, images in the epoch), at most every STEP_REPORT_S seconds.
+StepCallback = Callable[[int, int, int], None]
+STEP_REPORT_S = 0.5
 
 
 class _StopNow(Exception):  # noqa: N818 - control flow inside this module only
@@ -123,6 +127,7 @@ class Trainer:
         self.optimizer = make_adam(list(self.net.parameters()), lr=config.lr)
         self.data = data
         self.stop: StopRequest | None = None
+        self.on_step: StepCallback | None = None
         self.train_x = data.train_x.to(device)
         self.train_y = data.train_y.to(device)
         self.test_x = data.test_x.to(device)
@@ -226,6 +231,7 @@ class Trainer:
         totals = StepTotals(zero.clone(), zero.clone(), zero.clone(), torch.zeros(net.n_gates, device=device))
         memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))  # shapes change only between epochs
         start = 0
+        next_report = time.monotonic() + STEP_REPORT_S
         net.train()
         while start < n:
             index = perm[start : start + self.batch_size]
@@ -263,6 +269,9 @@ class Trainer:
             totals.steps += 1
             if self.stop is not None and self.stop.requested:
                 raise _StopNow
+            if self.on_step is not None and time.monotonic() >= next_report:
+                self.on_step(epoch, min(start, n), n)
+                next_report = time.monotonic() + STEP_REPORT_S
             if step_growth:
                 self.batch_size = self.strategy.next_batch_size(
                     self.batch_size, GrowthStats(epoch, float(ratio)), memory
@@ -370,6 +379,7 @@ def train(
     runtime: Runtime | None = None,
     *,
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
     force: bool = False,
 ) -> RunResult:
     """Train one run to completion and write its folder.
@@ -385,8 +395,7 @@ def train(
     if folder.is_complete and not force:
         return RunResult(folder.path, folder.read_summary(), skipped=True)
     device = runtime.torch_device()
-    if runtime.threads is not None:
-        torch.set_num_threads(runtime.threads)
+    torch.set_num_threads(runtime.threads or default_threads(batch_size=config.batch_size, workers=runtime.workers))
     data_root = resolve_data_dir(runtime.data_dir)
     data = load_dataset(config.dataset, data_root, subset=config.subset)
     trainer = Trainer(config, data, device)
@@ -414,6 +423,7 @@ def train(
     snapshot = trainer.state_dict()
     with stop_on_signals() as stop:
         trainer.stop = stop
+        trainer.on_step = on_step
         try:
             for epoch in range(len(records) + 1, config.epochs + 1):
                 record = trainer.run_epoch(epoch, last=epoch == config.epochs)
@@ -435,6 +445,7 @@ def train(
             raise Interrupted(stop.signal_name, stop.exit_status, str(folder.path)) from None
         finally:
             trainer.stop = None
+            trainer.on_step = None
     checkpoint(snapshot)
     summary = summarize(config, records, n_train=data.n_train, wall_s=time.perf_counter() - started)
     folder.finish(summary)

@@ -237,3 +237,11 @@ def test_a_malformed_baseline_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
     bad.write_text('{"format": "something else"}')
     code, _, err = _run_cli(["check", "--baseline", str(bad), "--results", str(tmp_path)], capsys)
     assert code == 2 and "is not a dynhp-bench baseline" in err
+
+
+def test_ours_minus_the_papers_is_rounded_to_the_papers_digits(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=2), errors=[3.0, 2.37])  # 2.37 − 1.42 is 0.9500000000000002 in floats
+    table = report.paper_table(report.configurations(report.index_runs(tmp_path).runs), "mnist")
+    row = table[table["method"] == "SP"].iloc[0]
+    assert row["error_minus_paper"] == 0.95
+    assert "0.9500000" not in table.to_csv(index=False)

@@ -32,7 +32,6 @@ from dynhp_bench.sweep import (
     range_points,
     read_sweep_file,
     snapshot,
-    threads_per_worker,
     work,
 )
 from dynhp_bench.sweep.storage import FAILED_ATTR, WORKER_ATTR
@@ -198,10 +197,6 @@ def test_bad_storage_urls_are_refused_without_their_password(tmp_path: Path, url
     with pytest.raises(StorageError, match=fragment) as info:
         parse_storage(url, tmp_path)
     assert "hunter2" not in str(info.value)
-
-
-def test_torch_threads_are_split_between_workers() -> None:
-    assert [threads_per_worker(k, 8) for k in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
 
 
 def test_the_default_storage_is_a_journal_in_the_results_folder(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@
 * `pool`: K local worker processes and the loop that watches them.
 """
 
-from dynhp_bench.sweep.pool import PoolOutcome, WorkerExit, check_data, run_pool, threads_per_worker
+from dynhp_bench.sweep.pool import PoolOutcome, WorkerExit, check_data, run_pool
 from dynhp_bench.sweep.progress import GroupResult, Snapshot, TrialView, epochs_done, group_results, snapshot
 from dynhp_bench.sweep.spec import (
     PAPER_SWEEPS,
@@ -63,6 +63,5 @@ __all__ = [
     "read_sweep_file",
     "run_pool",
     "snapshot",
-    "threads_per_worker",
     "work",
 ]

@@ -69,13 +69,6 @@ def _idx_count(path: Path) -> int | None:
     return int.from_bytes(header[4:8], "big") if len(header) == 8 else None
 
 
-def threads_per_worker(workers: int, threads: int | None = None) -> int:
-    """Torch threads for each of `workers` processes: the cores (or `threads`) split between them, at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    total = threads or cores
-    return max(1, total // workers)
-
-
 def run_pool(
     plan: WorkerPlan,
     *,

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dynhp_bench.results import EPOCHS_FILE, run_path
 from dynhp_bench.sweep.spec import ResolvedGroup
 from dynhp_bench.sweep.storage import FAILED_ATTR
-from dynhp_bench.sweep.worker import WorkerPlan, run_ids_of
+from dynhp_bench.sweep.worker import REUSED_ATTR, WorkerPlan, run_ids_of
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class TrialView:
     final_error_pct: float | None
     training_memory_mb: float | None
     note: str
+    reused_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ def _view(group: ResolvedGroup, trial: FrozenTrial) -> TrialView:
         final_error_pct=attrs.get("final_error_pct"),
         training_memory_mb=attrs.get("training_memory_mb"),
         note=note,
+        reused_runs=int(attrs.get(REUSED_ATTR) or 0),
     )
 
 

@@ -11,6 +11,7 @@ float that ``--alpha-bs 0.972`` gives `train`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -57,6 +58,7 @@ class Group:
     settings: Mapping[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] | None = None
     search: Search | None = None
+    origin: str = ""  # where the values were typed (e.g. "--values='0,1'"), named when one is refused
 
 
 @dataclass(frozen=True)
@@ -311,7 +313,7 @@ def expand(
                 raise SettingsError(f"{_flag(group.param)} is the swept parameter; it cannot also be fixed")
             group_seeds = seeds or group.seeds or spec.seeds
             points = tuple(
-                Point(value, seed, _resolve(group, value, seed, given, settings_file))
+                Point(value, seed, _resolve_point(group, value, seed, given, settings_file))
                 for value in group.values
                 for seed in group_seeds
             )
@@ -341,9 +343,20 @@ def command_line_spec(
 ) -> SweepSpec:
     """The one-group sweep that ``dynhp-bench sweep PARAM …`` describes; its default name is stable per sweep."""
     group_name = "-".join(str(settings.get(k, getattr(TrainConfig, k))) for k in ("dataset", "strategy"))
-    group = make_group(
-        name=group_name, param=param, range_text=range_text, values=values, settings={}, trials=trials, sampler=sampler
-    )
+    try:
+        group = make_group(
+            name=group_name, param=param, range_text=range_text, values=values, settings={}, trials=trials,
+            sampler=sampler,
+        )  # fmt: skip
+    except SettingsError as exc:  # name the flag the text came from, as typed
+        message = str(exc)
+        if message.startswith("range "):
+            message = "--range=" + message.removeprefix("range ")
+        elif values is not None and range_text is None:
+            message = f"--values={values!r}: {message}"
+        raise SettingsError(message) from None
+    origin = f"--range={range_text!r}" if range_text is not None else f"--values={values!r}"
+    group = dataclasses.replace(group, origin=origin)
     if name is None:
         described = {
             "param": param,
@@ -360,6 +373,18 @@ def command_line_spec(
 def value_setting(param: str, value: Decimal) -> int | float:
     """The setting's Python value for a swept value (the same float `train` parses from the text)."""
     return int(value) if SWEEPABLE[param] is int else float(value)
+
+
+def _resolve_point(
+    group: Group, value: Decimal, seed: int, given: Mapping[str, Any], settings_file: Path | None
+) -> TrainConfig:
+    """A point's settings; a swept value the settings refuse is named with where it was typed."""
+    try:
+        return _resolve(group, value, seed, given, settings_file)
+    except SettingsError as exc:
+        if group.origin and _flag(group.param) in str(exc):
+            raise SettingsError(f"{group.origin} gives {group.param}={value}: {exc}") from None
+        raise
 
 
 def _resolve(

@@ -42,6 +42,7 @@ DONE = "done"
 WAIT = "wait"
 RUN_LOCKS = ".locks"
 RESULT_ATTRS = ("final_error_pct", "training_memory_mb", "model_size_mb")
+REUSED_ATTR = "reused_runs"  # runs of the trial found complete in the results folder, not trained again
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class WorkerPlan:
                     "data_dir": None if runtime.data_dir is None else str(runtime.data_dir),
                     "results_root": str(runtime.results_root),
                     "threads": runtime.threads,
+                    "workers": runtime.workers,
                     "device": runtime.device,
                 },
                 "heartbeat_s": self.heartbeat_s,
@@ -106,6 +108,7 @@ class WorkerPlan:
                 data_dir=None if runtime["data_dir"] is None else Path(runtime["data_dir"]),
                 results_root=Path(runtime["results_root"]),
                 threads=runtime["threads"],
+                workers=runtime["workers"],
                 device=runtime["device"],
             ),
             heartbeat_s=int(data["heartbeat_s"]),
@@ -201,12 +204,15 @@ def claim_next(plan: WorkerPlan, studies: dict[str, optuna.Study], store: Store)
 def run_claim(claim: Claim, runtime: Runtime, store: Store) -> None:
     """Train the claimed runs and report the trial: COMPLETE with the final error, or FAIL with the error."""
     summaries = []
+    reused = 0
     with store.heartbeat(claim.trial):
         try:
             for point in claim.points:
                 # Two search trials may draw the same point: one trains it, the other then finds it complete.
                 with file_lock(Path(runtime.results_root) / RUN_LOCKS / f"{point.run_id}.lock"):
-                    summaries.append(train(point.config, runtime).summary)
+                    result = train(point.config, runtime)
+                summaries.append(result.summary)
+                reused += result.skipped
         except BaseException as exc:  # an interrupt or an error: the trial fails, its point is claimed again
             _finish_quietly(
                 claim, "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
@@ -217,6 +223,7 @@ def run_claim(claim: Claim, runtime: Runtime, store: Store) -> None:
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, ValueError):
         for key in RESULT_ATTRS:
             claim.trial.set_user_attr(key, sum(s[key] for s in summaries) / len(summaries))
+        claim.trial.set_user_attr(REUSED_ATTR, reused)
         claim.study.tell(claim.trial, sum(s["final_error_pct"] for s in summaries) / len(summaries))
 
 
