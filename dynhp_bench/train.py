@@ -371,33 +371,58 @@ def train(
     *,
     on_epoch: EpochCallback | None = None,
     force: bool = False,
+    wait: bool = False,
 ) -> RunResult:
     """Train one run to completion and write its folder.
 
-    A complete run is skipped unless `force`. An unfinished run with a checkpoint continues from it
-    (the rows of epochs trained after the checkpoint are trained again, identically on the CPU);
-    `force` starts afresh. Checkpoints are written every `runtime.checkpoint_every` epochs, else every
-    5 minutes, and at the end. SIGINT / SIGTERM finish the current step, write a checkpoint of the last
-    epoch boundary, mark the run interrupted and raise `Interrupted`.
+    A complete run (marker and readable summary) is skipped unless `force`. An unfinished run with a checkpoint
+    continues from it (the rows of epochs trained after the checkpoint are trained again, identically on the CPU);
+    `force` starts afresh. The dataset is loaded and checked before anything is written. One process at a time
+    trains a run: it holds the run folder's writer lock, and another process waits for it (`wait`, as sweep
+    workers do) or stops with a ResultsError naming the holder. Checkpoints are written every
+    `runtime.checkpoint_every` epochs, else every 5 minutes, and at the end. SIGINT / SIGTERM finish the current
+    step, write a checkpoint of the last epoch boundary, mark the run interrupted and raise `Interrupted`.
     """
     runtime = runtime or Runtime()
     folder = RunFolder(run_path(runtime.results_root, config.run_id))
-    if folder.is_complete and not force:
+    if folder.has_result() and not force:
         return RunResult(folder.path, folder.read_summary(), skipped=True)
     device = runtime.torch_device()
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)
     data_root = resolve_data_dir(runtime.data_dir)
     data = load_dataset(config.dataset, data_root, subset=config.subset)
+    with folder.writer_lock(wait=wait):
+        if folder.has_result() and not force:  # another process finished it while this one waited
+            return RunResult(folder.path, folder.read_summary(), skipped=True)
+        return _train_holding_lock(
+            config, runtime, folder, data, device=device, data_root=data_root, on_epoch=on_epoch, force=force
+        )
+
+
+def _train_holding_lock(
+    config: TrainConfig,
+    runtime: Runtime,
+    folder: RunFolder,
+    data: Dataset,
+    *,
+    device: torch.device,
+    data_root: Path,
+    on_epoch: EpochCallback | None,
+    force: bool,
+) -> RunResult:
     trainer = Trainer(config, data, device)
     records: list[EpochRecord] = []
+    earlier_wall_s = 0.0  # the wall time of earlier stretches of this run, up to the checkpoint resumed from
     if not force and folder.checkpoint_path.is_file():
         state = folder.read_checkpoint(config.run_id)
         trainer.load_state_dict(state["trainer"])
         records = [EpochRecord(**row) for row in state["records"]]
+        earlier_wall_s = float(state.get("wall_s", sum(r.wall_s for r in records)))
         folder.resume(records)
     else:
         folder.start(config_document(config, runtime, device, data_root))
+    started = time.perf_counter()
 
     def checkpoint(snapshot: dict[str, Any]) -> None:
         folder.write_checkpoint(
@@ -406,10 +431,10 @@ def train(
                 "epoch": len(records),
                 "trainer": snapshot,
                 "records": [asdict(r) for r in records],
+                "wall_s": earlier_wall_s + time.perf_counter() - started,
             }
         )
 
-    started = time.perf_counter()
     last_saved = time.monotonic()
     snapshot = trainer.state_dict()
     with stop_on_signals() as stop:
@@ -430,12 +455,13 @@ def train(
                 if stop.requested:
                     raise _StopNow
         except _StopNow:
-            checkpoint(snapshot)
-            folder.mark_interrupted(signal_name=stop.signal_name, epochs_done=len(records))
+            with stop.shield():  # a second signal now would leave the run without its marker
+                checkpoint(snapshot)
+                folder.mark_interrupted(signal_name=stop.signal_name, epochs_done=len(records))
             raise Interrupted(stop.signal_name, stop.exit_status, str(folder.path)) from None
         finally:
             trainer.stop = None
     checkpoint(snapshot)
-    summary = summarize(config, records, n_train=data.n_train, wall_s=time.perf_counter() - started)
+    summary = summarize(config, records, n_train=data.n_train, wall_s=earlier_wall_s + time.perf_counter() - started)
     folder.finish(summary)
     return RunResult(folder.path, summary, records)
