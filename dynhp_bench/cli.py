@@ -8,7 +8,6 @@ import dataclasses
 import functools
 import inspect
 import math
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -54,6 +53,7 @@ from dynhp_bench.sweep import (
     epochs_done,
     expand,
     group_results,
+    mask_url,
     parse_seeds,
     parse_storage,
     read_sweep_file,
@@ -61,7 +61,7 @@ from dynhp_bench.sweep import (
     threads_per_worker,
     work,
 )
-from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS
+from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS, repair_journal
 from dynhp_bench.train import DEVICES, Runtime, train
 
 app = typer.Typer(
@@ -565,13 +565,12 @@ def _positive_ints(flag: str, text: str) -> list[int]:
     return values
 
 
-_CREDENTIALS = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^@\s]*@")
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
 def _one_line(message: str) -> str:
     """A message fit for one terminal line: control characters escaped, URL passwords masked."""
-    return _CREDENTIALS.sub(r"\g<keep>***@", message.translate(_CONTROL))
+    return mask_url(message.translate(_CONTROL))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -792,6 +791,10 @@ def _run_sweep(
     runtime.torch_device()
     check_data(sweep, runtime.data_dir)
     target = parse_storage(storage, out)
+    if target.journal is not None:
+        note = repair_journal(target.journal)
+        if note:
+            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     check_storage(target)
     plan = WorkerPlan(sweep, target, runtime, heartbeat_s=heartbeat_s)
     runs = len({p.run_id for p in sweep.points})
