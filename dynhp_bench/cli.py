@@ -36,7 +36,7 @@ from dynhp_bench.config import CHOICES, DEFAULT_PROFILE, PROFILES, TrainConfig, 
 from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord, to_mb
-from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, write_text_atomic
+from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, staged_folder, write_text_atomic
 from dynhp_bench.sweep import (
     PAPER_SWEEPS,
     SWEEPABLE,
@@ -427,45 +427,48 @@ def report_command(
     started = time.perf_counter()
     index = report.index_runs(results)
     out = out if out is not None else results / "report"
-    configs = report.configurations(index.runs)
-    written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
-    inference = report.inference_table(index.runs)
-    if not inference.empty:  # runs timed by `bench --inference`
-        written.append(_save_csv(inference, out / "inference.csv"))
-    if index.incomplete:
-        err_console.print(
-            f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "
-            + ", ".join(p.name for p in index.incomplete[:5])
-            + (" …" if len(index.incomplete) > 5 else "")
-        )
-    if paper_tables:
-        datasets = report.dataset_table(index.runs)
-        written.append(_save_csv(datasets, out / "table1_datasets.csv"))
-        write_text_atomic(out / "table1_datasets.md", report.frame_markdown(datasets, "Table 1: datasets"))
-        tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
-        for dataset, table in tables.items():
-            stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
-            written.append(_save_csv(table, out / f"{stem}.csv"))
-            write_text_atomic(out / f"{stem}.md", report.table_markdown(table, dataset))
-            _print_paper_table(table, dataset)
-        from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+    final = out
+    # All or nothing: every file is written into a temporary folder, moved into OUT only once all are written.
+    with staged_folder(final) as out:
+        configs = report.configurations(index.runs)
+        written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
+        inference = report.inference_table(index.runs)
+        if not inference.empty:  # runs timed by `bench --inference`
+            written.append(_save_csv(inference, out / "inference.csv"))
+        if index.incomplete:
+            err_console.print(
+                f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "
+                + ", ".join(p.name for p in index.incomplete[:5])
+                + (" …" if len(index.incomplete) > 5 else "")
+            )
+        if paper_tables:
+            datasets = report.dataset_table(index.runs)
+            written.append(_save_csv(datasets, out / "table1_datasets.csv"))
+            write_text_atomic(out / "table1_datasets.md", report.frame_markdown(datasets, "Table 1: datasets"))
+            tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
+            for dataset, table in tables.items():
+                stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
+                written.append(_save_csv(table, out / f"{stem}.csv"))
+                write_text_atomic(out / f"{stem}.md", report.table_markdown(table, dataset))
+                _print_paper_table(table, dataset)
+            from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
 
-        try:
-            drawn = figures.write_figures(configs, out)
-        except OSError as exc:
-            raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
-        written += [png for png, _ in drawn.values()]
-        empty = [name for name, (_, rows) in drawn.items() if rows == 0]
-        missing = report.missing_rows(tables)
-        if missing or empty:
-            err_console.print(f"[yellow]warning:[/] {len(missing)} paper configuration(s) have no results yet:")
-            for line in missing:
-                err_console.print(f"  {line}", highlight=False)
-            if empty:
-                err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
-    else:
-        _print_configurations(configs)
-    out_console.print(f"wrote {len(written)} files under {out} in {time.perf_counter() - started:.1f} s")
+            try:
+                drawn = figures.write_figures(configs, out)
+            except OSError as exc:
+                raise ResultsError(f"cannot write figures under {final}: {exc.strerror or exc}") from None
+            written += [png for png, _ in drawn.values()]
+            empty = [name for name, (_, rows) in drawn.items() if rows == 0]
+            missing = report.missing_rows(tables)
+            if missing or empty:
+                err_console.print(f"[yellow]warning:[/] {len(missing)} paper configuration(s) have no results yet:")
+                for line in missing:
+                    err_console.print(f"  {line}", highlight=False)
+                if empty:
+                    err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
+        else:
+            _print_configurations(configs)
+    out_console.print(f"wrote {len(written)} files under {final} in {time.perf_counter() - started:.1f} s")
 
 
 @app.command("check")

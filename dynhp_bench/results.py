@@ -79,6 +79,29 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Write a set of files all or nothing: they are written into a temporary folder beside `final`, yielded here,
+    and moved into `final` (each by an atomic rename) only once the block ends without an error; after an error
+    `final` is as it was. Files already in `final` that the block did not write are left alone."""
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name or 'out'}.", suffix=".tmp"))
+    except OSError as exc:
+        raise ResultsError(f"cannot write {final}: {exc.strerror or exc}") from None
+    try:
+        yield stage
+        try:
+            final.mkdir(parents=True, exist_ok=True)
+            for path in sorted(stage.iterdir()):
+                os.replace(path, final / path.name)
+        except OSError as exc:
+            raise ResultsError(f"cannot write {final}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON file written by this module; a missing or broken one is a ResultsError naming it."""
     try:
