@@ -32,7 +32,16 @@ from rich.table import Table
 from dynhp_bench import __version__, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
 from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
-from dynhp_bench.config import CHOICES, DEFAULT_PROFILE, PROFILES, TrainConfig, resolve_config
+from dynhp_bench.config import (
+    CHOICES,
+    DEFAULT_PROFILE,
+    MAX_BATCH_SIZE,
+    MAX_SUBSET,
+    MAX_THREADS,
+    PROFILES,
+    check_count,
+    resolve_config,
+)
 from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord, to_mb
@@ -54,6 +63,7 @@ from dynhp_bench.sweep import (
     expand,
     group_results,
     mask_url,
+    max_workers,
     parse_seeds,
     parse_storage,
     read_sweep_file,
@@ -76,7 +86,6 @@ out_console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 AMBIGUITIES = "Choices the paper leaves open"
-MAX_THREADS = 1024
 
 
 def _choices(name: str) -> str:
@@ -192,7 +201,7 @@ def train_command(
             raise ResultsError(
                 f"--resume={str(resume)!r} holds no {CONFIG_FILE}; expected a run folder OUT/runs/RUN_ID"
             )
-        settings = TrainConfig.from_dict(RunFolder(resume).read_config()["settings"])
+        settings = RunFolder(resume).read_settings()
         out = resume.resolve().parent.parent
         if resume.resolve() != run_path(out, settings.run_id).resolve():
             raise ResultsError(f"{resume} is not the folder of run {settings.run_id}; expected OUT/runs/RUN_ID")
@@ -299,8 +308,9 @@ def bench_command(
     with the machine's matmul peak and each case's FLOP limit; saved as CSV. With --inference RUN_DIR…: the
     exported networks' file bytes, batch-1 latency and batch-256 throughput under ONNX Runtime and PyTorch."""
     sizes = _positive_ints("--batch-sizes", batch_sizes)
-    if repeats < 1:
-        raise SettingsError(f"--repeats={repeats} is not valid; expected an integer ≥ 1")
+    check_count("--repeats", repeats, low=1, high=MAX_REPEATS)
+    check_count("--subset", subset, low=1, high=MAX_SUBSET)
+    check_count("--threads", threads, low=1, high=MAX_THREADS)
     if inference or run_dirs:
         if not (inference and run_dirs):
             raise SettingsError("RUN_DIR arguments go with --inference, and --inference needs at least one RUN_DIR")
@@ -559,12 +569,14 @@ def _print_configurations(configs: pd.DataFrame) -> None:
 
 
 def _positive_ints(flag: str, text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise SettingsError(f"{flag}={text!r} is not valid; expected positive integers separated by commas")
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    values = [int(v) for v in parts if v.isascii() and v.isdigit() and len(v) <= 9]
+    if not values or len(values) != len(parts) or any(not 1 <= v <= MAX_BATCH_SIZE for v in values):
+        raise SettingsError(
+            f"{flag}={text!r} is not valid; expected integers from 1 to {MAX_BATCH_SIZE} separated by commas"
+        )
+    if len(set(values)) != len(values):
+        raise SettingsError(f"{flag}={text!r} lists a value twice; expected each once")
     return values
 
 
@@ -610,6 +622,8 @@ SETTING_OPTIONS = (
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"
 STORAGE_ENV = "DYNHP_STORAGE"  # keeps a PostgreSQL password off the command line and out of shell history
+MAX_HEARTBEAT_S = 3600
+MAX_REPEATS = 1000
 INTERRUPTED = "interrupted: the running trials were failed; run the same command again to finish the sweep"
 
 
@@ -778,12 +792,10 @@ def _run_sweep(
     quiet: bool,
 ) -> int:
     """Check everything, then run the pool with a progress display; return the exit status (0 when finished)."""
-    if workers < 1:
-        raise SettingsError(f"--workers={workers} is not valid; expected an integer ≥ 1")
-    if threads is not None and threads < 1:
-        raise SettingsError(f"--threads={threads} is not valid; expected an integer ≥ 1")
-    if heartbeat_s < 1:
-        raise SettingsError(f"--heartbeat-s={heartbeat_s} is not valid; expected an integer ≥ 1")
+    bound, why = max_workers()
+    check_count("--workers", workers, low=1, high=bound, why=f" on this machine ({why})")
+    check_count("--threads", threads, low=1, high=MAX_THREADS)
+    check_count("--heartbeat-s", heartbeat_s, low=1, high=MAX_HEARTBEAT_S)
     out = Path(runtime_options["out"])
     runtime = Runtime(
         data_dir=runtime_options["data_dir"],

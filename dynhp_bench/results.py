@@ -32,7 +32,8 @@ from typing import Any
 import pandas as pd
 
 from dynhp_bench.checkpoint import load_checkpoint, save_checkpoint
-from dynhp_bench.errors import ResultsError
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.errors import ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord
 
 RUNS_DIR = "runs"
@@ -236,6 +237,17 @@ class RunFolder:
     def read_config(self) -> dict[str, Any]:
         """The run's config.json."""
         return read_json(self.path / CONFIG_FILE)
+
+    def read_settings(self) -> TrainConfig:
+        """The run's settings, from config.json; a damaged file is a ResultsError naming it."""
+        path = self.path / CONFIG_FILE
+        document = self.read_config()
+        try:
+            return TrainConfig.from_dict(document["settings"])
+        except (KeyError, TypeError, ValueError, AttributeError, SettingsError) as exc:
+            raise ResultsError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}); expected the config.json `dynhp-bench train` writes"
+            ) from None
 
     def read_summary(self) -> dict[str, Any]:
         """The run's summary.json."""

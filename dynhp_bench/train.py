@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench import __version__
-from dynhp_bench.config import TrainConfig
+from dynhp_bench.config import MAX_EPOCHS, MAX_THREADS, TrainConfig, check_count
 from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
 from dynhp_bench.gates import GatedMLP
@@ -56,12 +56,10 @@ class Runtime:
     checkpoint_every: int | None = None
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise SettingsError(f"--checkpoint-every={self.checkpoint_every} is not valid; expected an integer ≥ 1")
+        check_count("--checkpoint-every", self.checkpoint_every, low=1, high=MAX_EPOCHS)
         if self.device not in DEVICES:
             raise SettingsError(f"--device={self.device!r} is not known; expected one of {', '.join(DEVICES)}")
-        if self.threads is not None and self.threads < 1:
-            raise SettingsError(f"--threads={self.threads} is not valid; expected an integer ≥ 1")
+        check_count("--threads", self.threads, low=1, high=MAX_THREADS)
 
     def torch_device(self) -> torch.device:
         """The torch device: `auto` is CUDA when available, else the CPU."""

@@ -81,7 +81,7 @@ class WorkerTag:
         return {"id": self.id, "host": self.host, "pid": self.pid}
 
 
-_USERINFO_PASSWORD = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^@\s]*@")
+_USERINFO_PASSWORD = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^\s/?#]*@")
 # libpq and SQLAlchemy take a password as a query parameter too: ?password=…, &sslpassword=…
 _QUERY_PASSWORD = re.compile(r"(?P<keep>[?&;][^=&#\s]*(?:password|passwd|pwd)[^=&#\s]*=)[^&#\s]*", re.IGNORECASE)
 
@@ -372,7 +372,10 @@ def open_store(target: StorageTarget, *, heartbeat_s: int = DEFAULT_HEARTBEAT_S)
         except Exception as exc:  # SQLAlchemy and the driver raise many types; the message is what matters
             raise StorageError(f"cannot open the study storage {target.shown}: {_scrub(exc, target.url)}") from None
     assert target.journal is not None
-    return JournalStore(target.journal)
+    try:
+        return JournalStore(target.journal)
+    except OSError as exc:
+        raise StorageError(f"cannot open the study journal {target.journal}: {exc.strerror or exc}") from None
 
 
 def _lock_key(name: bytes) -> int:
