@@ -725,12 +725,17 @@ def sweep_command(
         spec = command_line_spec(
             param, range_text=range_, values=values, settings=settings, trials=trials, sampler=sampler, name=name
         )
-    sweep = expand(
-        spec,
-        overrides=settings,
-        seeds=parse_seeds(seeds) if seeds is not None else None,
-        settings_file=runtime_options["config"],
-    )
+    try:
+        sweep = expand(
+            spec,
+            overrides=settings,
+            seeds=parse_seeds(seeds) if seeds is not None else None,
+            settings_file=runtime_options["config"],
+        )
+    except SettingsError as exc:  # a setting the file gives, or one clashing with it: name the file
+        if file is None or str(file) in str(exc):
+            raise
+        raise SettingsError(f"sweep file {str(file)!r}: {exc}") from None
     status = _run_sweep(sweep, runtime_options, storage=storage, workers=workers, threads=threads,
                         heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
     if status:

@@ -218,12 +218,22 @@ class TrainConfig:
 def resolve_config(cli: Mapping[str, Any], *, settings_file: Path | None = None) -> TrainConfig:
     """Resolve a TrainConfig: defaults, then profile, then `settings_file` (TOML), then `cli`.
 
-    `cli` holds only what the user gave (``None`` values are treated as not given).
+    `cli` holds only what the user gave (``None`` values are treated as not given). An error in a value the
+    settings file gave names the file.
     """
-    given: dict[str, Any] = {}
-    if settings_file is not None:
-        given.update(_read_settings_file(settings_file))
-    given.update({ALIASES.get(k, k): v for k, v in cli.items() if v is not None})
+    from_file = _read_settings_file(settings_file) if settings_file is not None else {}
+    from_cli = {ALIASES.get(k, k): v for k, v in cli.items() if v is not None}
+    try:
+        return _resolve({**from_file, **from_cli})
+    except SettingsError as exc:
+        text = str(exc)
+        file_only = set(from_file) - set(from_cli)
+        if any(f"{_flag(k)}=" in text or repr(k) in text for k in file_only) or text.startswith("settings could"):
+            raise SettingsError(f"settings file {str(settings_file)!r}: {text}") from None
+        raise
+
+
+def _resolve(given: dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(given) - known)
     if unknown:
