@@ -317,3 +317,14 @@ def test_a_damaged_epochs_csv_leaves_no_half_written_report(
     assert code == 2 and err.count("\n") == 1 and str(run / "epochs.csv") in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "the earlier report is untouched"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder is left"
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', "[1, 2]", "7"])
+def test_a_damaged_inference_json_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    run = make_run(tmp_path, sp(epochs=2), errors=[2.0, 1.0])
+    (run / "inference.json").write_text(text)
+    code, _, err = _run_cli(["report", "--results", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(run / "inference.json") in err and "Traceback" not in err, err
+    assert not (tmp_path / "report").exists()
