@@ -21,10 +21,18 @@ import typer
 from dynhp_bench import __version__, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
 from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
-from dynhp_bench.config import CHOICES, DEFAULT_PROFILE, PROFILES, TrainConfig, resolve_config
+from dynhp_bench.config import (
+    CHOICES,
+    DEFAULT_PROFILE,
+    MAX_BATCH_SIZE,
+    MAX_SUBSET,
+    PROFILES,
+    check_count,
+    resolve_config,
+)
 from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
-from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, write_text_atomic
+from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, staged_folder, write_text_atomic
 from dynhp_bench.sweep import (
     PAPER_SWEEPS,
     SWEEPABLE,
@@ -37,13 +45,15 @@ from dynhp_bench.sweep import (
     combine,
     command_line_spec,
     expand,
+    mask_url,
+    max_workers,
     parse_seeds,
     parse_storage,
     read_sweep_file,
     run_pool,
     work,
 )
-from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS
+from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS, repair_journal
 from dynhp_bench.threads import check_threads, split_threads
 from dynhp_bench.train import DEVICES, Runtime, train
 from dynhp_bench.views import (
@@ -201,7 +211,7 @@ def train_command(
             raise ResultsError(
                 f"--resume={str(resume)!r} holds no {CONFIG_FILE}; expected a run folder OUT/runs/RUN_ID"
             )
-        settings = TrainConfig.from_dict(RunFolder(resume).read_config()["settings"])
+        settings = RunFolder(resume).read_settings()
         out = resume.resolve().parent.parent
         if resume.resolve() != run_path(out, settings.run_id).resolve():
             raise ResultsError(f"{resume} is not the folder of run {settings.run_id}; expected OUT/runs/RUN_ID")
@@ -228,6 +238,8 @@ SETTING_OPTIONS = (
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"
 STORAGE_ENV = "DYNHP_STORAGE"  # keeps a PostgreSQL password off the command line and out of shell history
+MAX_HEARTBEAT_S = 3600
+MAX_REPEATS = 1000
 INTERRUPTED = "interrupted: the running trials were failed; run the same command again to finish the sweep"
 
 
@@ -333,12 +345,17 @@ def sweep_command(
         spec = command_line_spec(
             param, range_text=range_, values=values, settings=settings, trials=trials, sampler=sampler, name=name
         )
-    sweep = expand(
-        spec,
-        overrides=settings,
-        seeds=parse_seeds(seeds) if seeds is not None else None,
-        settings_file=runtime_options["config"],
-    )
+    try:
+        sweep = expand(
+            spec,
+            overrides=settings,
+            seeds=parse_seeds(seeds) if seeds is not None else None,
+            settings_file=runtime_options["config"],
+        )
+    except SettingsError as exc:  # a setting the file gives, or one clashing with it: name the file
+        if file is None or str(file) in str(exc):
+            raise
+        raise SettingsError(f"sweep file {str(file)!r}: {exc}") from None
     status = _run_sweep(sweep, runtime_options, storage=storage, workers=workers, threads=threads,
                         heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
     if status:
@@ -400,11 +417,10 @@ def _run_sweep(
     quiet: bool,
 ) -> int:
     """Check everything, then run the pool with a progress display; return the exit status (0 when finished)."""
-    if workers < 1:
-        raise SettingsError(f"--workers={workers} is not valid; expected an integer ≥ 1")
+    bound, why = max_workers()
+    check_count("--workers", workers, low=1, high=bound, why=f" on this machine ({why})")
     check_threads(threads)
-    if heartbeat_s < 1:
-        raise SettingsError(f"--heartbeat-s={heartbeat_s} is not valid; expected an integer ≥ 1")
+    check_count("--heartbeat-s", heartbeat_s, low=1, high=MAX_HEARTBEAT_S)
     out = Path(runtime_options["out"])
     runtime = Runtime(
         data_dir=runtime_options["data_dir"],
@@ -416,6 +432,10 @@ def _run_sweep(
     runtime.torch_device()
     check_data(sweep, runtime.data_dir)
     target = parse_storage(storage, out)
+    if target.journal is not None:
+        note = repair_journal(target.journal)
+        if note:
+            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     check_storage(target)
     plan = WorkerPlan(sweep, target, runtime, heartbeat_s=heartbeat_s)
     runs = len({p.run_id for p in sweep.points})
@@ -479,47 +499,50 @@ def report_command(
     started = time.perf_counter()
     index = report.index_runs(results)
     out = out if out is not None else results / "report"
-    configs = report.configurations(index.runs)
-    written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
-    inference = report.inference_table(index.runs)
-    if not inference.empty:  # runs timed by `bench --inference`
-        written.append(_save_csv(inference, out / "inference.csv"))
-    if index.incomplete:
-        err_console.print(
-            f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "
-            + ", ".join(p.name for p in index.incomplete[:5])
-            + (" …" if len(index.incomplete) > 5 else "")
-        )
-    if paper_tables:
-        datasets = report.dataset_table(index.runs)
-        written.append(_save_csv(datasets, out / "table1_datasets.csv"))
-        written.append(out / "table1_datasets.md")
-        write_text_atomic(written[-1], report.frame_markdown(datasets, "Table 1: datasets"))
-        tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
-        for dataset, table in tables.items():
-            stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
-            written.append(_save_csv(table, out / f"{stem}.csv"))
-            written.append(out / f"{stem}.md")
-            write_text_atomic(written[-1], report.table_markdown(table, dataset))
-            print_paper_table(table, dataset)
-        from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+    final = out
+    # All or nothing: every file is written into a temporary folder, moved into OUT only once all are written.
+    with staged_folder(final) as out:
+        configs = report.configurations(index.runs)
+        written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
+        inference = report.inference_table(index.runs)
+        if not inference.empty:  # runs timed by `bench --inference`
+            written.append(_save_csv(inference, out / "inference.csv"))
+        if index.incomplete:
+            err_console.print(
+                f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "
+                + ", ".join(p.name for p in index.incomplete[:5])
+                + (" …" if len(index.incomplete) > 5 else "")
+            )
+        if paper_tables:
+            datasets = report.dataset_table(index.runs)
+            written.append(_save_csv(datasets, out / "table1_datasets.csv"))
+            written.append(out / "table1_datasets.md")
+            write_text_atomic(written[-1], report.frame_markdown(datasets, "Table 1: datasets"))
+            tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
+            for dataset, table in tables.items():
+                stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
+                written.append(_save_csv(table, out / f"{stem}.csv"))
+                written.append(out / f"{stem}.md")
+                write_text_atomic(written[-1], report.table_markdown(table, dataset))
+                print_paper_table(table, dataset)
+            from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
 
-        try:
-            drawn = figures.write_figures(configs, out)
-        except OSError as exc:
-            raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
-        written += [path for png, _ in drawn.values() for path in (png, png.with_suffix(".csv"))]
-        empty = [name for name, (_, rows) in drawn.items() if rows == 0]
-        missing = report.missing_rows(tables)
-        if missing or empty:
-            err_console.print(f"[yellow]warning:[/] {len(missing)} paper configuration(s) have no results yet:")
-            for line in missing:
-                err_console.print(f"  {line}", highlight=False)
-            if empty:
-                err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
-    else:
-        print_configurations(configs)
-    out_console.print(f"wrote {len(written)} files under {out} in {time.perf_counter() - started:.1f} s")
+            try:
+                drawn = figures.write_figures(configs, out)
+            except OSError as exc:
+                raise ResultsError(f"cannot write figures under {final}: {exc.strerror or exc}") from None
+            written += [path for png, _ in drawn.values() for path in (png, png.with_suffix(".csv"))]
+            empty = [name for name, (_, rows) in drawn.items() if rows == 0]
+            missing = report.missing_rows(tables)
+            if missing or empty:
+                err_console.print(f"[yellow]warning:[/] {len(missing)} paper configuration(s) have no results yet:")
+                for line in missing:
+                    err_console.print(f"  {line}", highlight=False)
+                if empty:
+                    err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
+        else:
+            print_configurations(configs)
+    out_console.print(f"wrote {len(written)} files under {final} in {time.perf_counter() - started:.1f} s")
 
 
 @app.command("export")
@@ -613,8 +636,8 @@ def bench_command(
     latency and batch-256 throughput under ONNX Runtime and PyTorch.
     """
     sizes = _positive_ints("--batch-sizes", batch_sizes)
-    if repeats < 1:
-        raise SettingsError(f"--repeats={repeats} is not valid; expected an integer ≥ 1")
+    check_count("--repeats", repeats, low=1, high=MAX_REPEATS)
+    check_count("--subset", subset, low=1, high=MAX_SUBSET)
     if inference or run_dirs:
         if not (inference and run_dirs):
             raise SettingsError("RUN_DIR arguments go with --inference, and --inference needs at least one RUN_DIR")
@@ -683,22 +706,23 @@ def _save_csv(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def _positive_ints(flag: str, text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise SettingsError(f"{flag}={text!r} is not valid; expected positive integers separated by commas")
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    values = [int(v) for v in parts if v.isascii() and v.isdigit() and len(v) <= 9]
+    if not values or len(values) != len(parts) or any(not 1 <= v <= MAX_BATCH_SIZE for v in values):
+        raise SettingsError(
+            f"{flag}={text!r} is not valid; expected integers from 1 to {MAX_BATCH_SIZE} separated by commas"
+        )
+    if len(set(values)) != len(values):
+        raise SettingsError(f"{flag}={text!r} lists a value twice; expected each once")
     return values
 
 
-_CREDENTIALS = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^@\s]*@")
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
 def _one_line(message: str) -> str:
     """A message fit for one terminal line: control characters escaped, URL passwords masked."""
-    return _CREDENTIALS.sub(r"\g<keep>***@", message.translate(_CONTROL))
+    return mask_url(message.translate(_CONTROL))
 
 
 def _usage_message(exc: typer.TyperException, args: Sequence[str]) -> str:

@@ -19,9 +19,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dynhp_bench.metrics import memory_mb, model_bytes
+from dynhp_bench.errors import ResultsError
+from dynhp_bench.metrics import EpochRecord, memory_mb, model_bytes
 from dynhp_bench.report import DATASET_NAMES, reference_tables, select
-from dynhp_bench.results import write_text_atomic
+from dynhp_bench.results import EPOCHS_FILE, RunFolder, write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)
@@ -33,9 +34,22 @@ def epochs_of(config: pd.Series | None) -> pd.DataFrame:
     """A configuration's epochs.csv, averaged over its seeds epoch by epoch (empty if None)."""
     if config is None:
         return pd.DataFrame()
-    frames = [pd.read_csv(Path(run_dir) / "epochs.csv") for run_dir in str(config["run_dirs"]).split(";")]
+    frames = [_read_epochs(Path(run_dir)) for run_dir in str(config["run_dirs"]).split(";")]
     numeric = pd.concat(frames).select_dtypes("number")
     return numeric.groupby("epoch", as_index=False).mean()
+
+
+def _read_epochs(run_dir: Path) -> pd.DataFrame:
+    """A run's epochs.csv with every column a number; a damaged one is a ResultsError naming it."""
+    frame = RunFolder(run_dir).read_epochs()
+    path = run_dir / EPOCHS_FILE
+    missing = [c for c in EpochRecord.columns() if c not in frame.columns and c not in ("strategy", "dataset")]
+    if missing:
+        raise ResultsError(f"{path} is damaged: it lacks the column(s) {', '.join(missing)}")
+    numbers = frame.drop(columns=[c for c in ("strategy", "dataset") if c in frame.columns])
+    if not all(pd.api.types.is_numeric_dtype(numbers[c]) for c in numbers.columns) or frame.empty:
+        raise ResultsError(f"{path} is damaged: expected one row of numbers per epoch, as `dynhp-bench train` writes")
+    return frame
 
 
 def _best(configs: pd.DataFrame, dataset: str, strategy: str) -> pd.DataFrame:

@@ -55,26 +55,13 @@ def index_runs(results_root: Path) -> RunIndex:
     """Read every run folder under `results_root`; a root with no complete run is a ResultsError."""
     rows = []
     for folder in complete_runs(results_root):
-        summary = folder.read_summary()
-        settings = summary.get("settings", {})
-        rows.append(
-            {
-                "run_id": summary["run_id"],
-                "run_dir": str(folder.path),
-                "dataset": settings.get("dataset", summary.get("dataset")),
-                "strategy": settings.get("strategy", summary.get("strategy")),
-                "batch_size": int(settings.get("batch_size", summary.get("batch_size_initial", 0))),
-                "alpha_bs": settings.get("alpha_bs"),
-                "profile": settings.get("profile", summary.get("profile")),
-                "epochs": int(summary["epochs"]),
-                "lam": settings.get("lambda"),
-                "gamma": settings.get("gamma"),
-                "subset": settings.get("subset"),
-                "seed": int(summary["seed"]),
-                "n_train": summary.get("n_train"),
-                **{metric: float(summary[metric]) for metric in METRICS},
-            }
-        )
+        try:
+            rows.append(_summary_row(folder))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ResultsError(
+                f"{folder.path / 'summary.json'} is damaged ({type(exc).__name__}: {exc}); expected the summary "
+                "`dynhp-bench train` writes (train the run again with --force, or remove its folder)"
+            ) from None
     runs_dir = Path(results_root) / RUNS_DIR
     incomplete = (
         sorted(p for p in runs_dir.iterdir() if p.is_dir() and not RunFolder(p).is_complete)
@@ -95,10 +82,48 @@ def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
     for run in runs.itertuples():
         path = Path(run.run_dir) / INFERENCE_FILE
         if path.is_file():
-            for measured in read_json(path):
+            measurements = read_json(path)
+            if not isinstance(measurements, list) or not all(isinstance(m, dict) for m in measurements):
+                raise ResultsError(f"{path} is damaged; expected the list of measurements `bench --inference` writes")
+            for measured in measurements:
                 rows.append({"run_id": run.run_id, "dataset": run.dataset, "final_error_pct": run.final_error_pct,
                              **measured})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _summary_row(folder: RunFolder) -> dict[str, object]:
+    """One run's row of the index from its summary.json (a damaged one raises KeyError, TypeError or ValueError)."""
+    summary = folder.read_summary()
+    settings = summary.get("settings", {})
+    if not isinstance(settings, dict):
+        raise TypeError("settings is not an object")
+    row = {
+        "run_id": str(summary["run_id"]),
+        "run_dir": str(folder.path),
+        "dataset": settings.get("dataset", summary.get("dataset")),
+        "strategy": settings.get("strategy", summary.get("strategy")),
+        "batch_size": int(settings.get("batch_size", summary.get("batch_size_initial", 0))),
+        "alpha_bs": settings.get("alpha_bs"),
+        "profile": settings.get("profile", summary.get("profile")),
+        "epochs": int(summary["epochs"]),
+        "lam": settings.get("lambda"),
+        "gamma": settings.get("gamma"),
+        "subset": settings.get("subset"),
+        "seed": int(summary["seed"]),
+        "n_train": summary.get("n_train"),
+        **{metric: float(summary[metric]) for metric in METRICS},
+    }
+    for name in ("dataset", "strategy", "profile"):
+        if not isinstance(row[name], str):
+            raise TypeError(f"{name} is {row[name]!r}, not a name")
+    for name in ("alpha_bs", "lam", "gamma", "subset"):
+        value = row[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TypeError(f"{name} is {value!r}, not a number")
+    for metric in METRICS:
+        if not math.isfinite(row[metric]):  # type: ignore[arg-type]
+            raise ValueError(f"{metric} is {row[metric]}")
+    return row
 
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench import __version__
-from dynhp_bench.config import TrainConfig
+from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
 from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
 from dynhp_bench.gates import GatedMLP
@@ -58,8 +58,7 @@ class Runtime:
     workers: int = 1  # processes sharing this machine's cores (a sweep's workers)
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise SettingsError(f"--checkpoint-every={self.checkpoint_every} is not valid; expected an integer ≥ 1")
+        check_count("--checkpoint-every", self.checkpoint_every, low=1, high=MAX_EPOCHS)
         if self.device not in DEVICES:
             raise SettingsError(f"--device={self.device!r} is not known; expected one of {', '.join(DEVICES)}")
         check_threads(self.threads)
@@ -381,32 +380,66 @@ def train(
     on_epoch: EpochCallback | None = None,
     on_step: StepCallback | None = None,
     force: bool = False,
+    wait: bool = False,
 ) -> RunResult:
     """Train one run to completion and write its folder.
 
-    A complete run is skipped unless `force`. An unfinished run with a checkpoint continues from it
-    (the rows of epochs trained after the checkpoint are trained again, identically on the CPU);
-    `force` starts afresh. Checkpoints are written every `runtime.checkpoint_every` epochs, else every
-    5 minutes, and at the end. SIGINT / SIGTERM finish the current step, write a checkpoint of the last
-    epoch boundary, mark the run interrupted and raise `Interrupted`.
+    A complete run (marker and readable summary) is skipped unless `force`. An unfinished run with a checkpoint
+    continues from it (the rows of epochs trained after the checkpoint are trained again, identically on the CPU);
+    `force` starts afresh. The dataset is loaded and checked before anything is written. One process at a time
+    trains a run: it holds the run folder's writer lock, and another process waits for it (`wait`, as sweep
+    workers do) or stops with a ResultsError naming the holder. Checkpoints are written every
+    `runtime.checkpoint_every` epochs, else every 5 minutes, and at the end. SIGINT / SIGTERM finish the current
+    step, write a checkpoint of the last epoch boundary, mark the run interrupted and raise `Interrupted`.
     """
     runtime = runtime or Runtime()
     folder = RunFolder(run_path(runtime.results_root, config.run_id))
-    if folder.is_complete and not force:
+    if folder.has_result() and not force:
         return RunResult(folder.path, folder.read_summary(), skipped=True)
     device = runtime.torch_device()
     torch.set_num_threads(runtime.threads or default_threads(batch_size=config.batch_size, workers=runtime.workers))
     data_root = resolve_data_dir(runtime.data_dir)
     data = load_dataset(config.dataset, data_root, subset=config.subset)
+    with folder.writer_lock(wait=wait):
+        if folder.has_result() and not force:  # another process finished it while this one waited
+            return RunResult(folder.path, folder.read_summary(), skipped=True)
+        return _train_holding_lock(
+            config,
+            runtime,
+            folder,
+            data,
+            device=device,
+            data_root=data_root,
+            on_epoch=on_epoch,
+            on_step=on_step,
+            force=force,
+        )
+
+
+def _train_holding_lock(
+    config: TrainConfig,
+    runtime: Runtime,
+    folder: RunFolder,
+    data: Dataset,
+    *,
+    device: torch.device,
+    data_root: Path,
+    on_epoch: EpochCallback | None,
+    on_step: StepCallback | None,
+    force: bool,
+) -> RunResult:
     trainer = Trainer(config, data, device)
     records: list[EpochRecord] = []
+    earlier_wall_s = 0.0  # the wall time of earlier stretches of this run, up to the checkpoint resumed from
     if not force and folder.checkpoint_path.is_file():
         state = folder.read_checkpoint(config.run_id)
         trainer.load_state_dict(state["trainer"])
         records = [EpochRecord(**row) for row in state["records"]]
+        earlier_wall_s = float(state.get("wall_s", sum(r.wall_s for r in records)))
         folder.resume(records)
     else:
         folder.start(config_document(config, runtime, device, data_root))
+    started = time.perf_counter()
 
     def checkpoint(snapshot: dict[str, Any]) -> None:
         folder.write_checkpoint(
@@ -415,10 +448,10 @@ def train(
                 "epoch": len(records),
                 "trainer": snapshot,
                 "records": [asdict(r) for r in records],
+                "wall_s": earlier_wall_s + time.perf_counter() - started,
             }
         )
 
-    started = time.perf_counter()
     last_saved = time.monotonic()
     snapshot = trainer.state_dict()
     with stop_on_signals() as stop:
@@ -440,13 +473,14 @@ def train(
                 if stop.requested:
                     raise _StopNow
         except _StopNow:
-            checkpoint(snapshot)
-            folder.mark_interrupted(signal_name=stop.signal_name, epochs_done=len(records))
+            with stop.shield():  # a second signal now would leave the run without its marker
+                checkpoint(snapshot)
+                folder.mark_interrupted(signal_name=stop.signal_name, epochs_done=len(records))
             raise Interrupted(stop.signal_name, stop.exit_status, str(folder.path)) from None
         finally:
             trainer.stop = None
             trainer.on_step = None
     checkpoint(snapshot)
-    summary = summarize(config, records, n_train=data.n_train, wall_s=time.perf_counter() - started)
+    summary = summarize(config, records, n_train=data.n_train, wall_s=earlier_wall_s + time.perf_counter() - started)
     folder.finish(summary)
     return RunResult(folder.path, summary, records)
