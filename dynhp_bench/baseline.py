@@ -8,6 +8,7 @@ the baseline with no results fails too: a gate that silently skips what it canno
 Default tolerances are wide enough for seed noise: the error may rise by max(1.0 pp, 3 × the
 baseline's standard deviation over its seeds), the model size and training memory by
 max(5%, 3 × their relative standard deviation). A baseline file may set its own per configuration.
+An empty baseline, or one with a missing or non-finite number, is an error, not a pass; a NaN measured fails.
 """
 
 from __future__ import annotations
@@ -104,15 +105,44 @@ def _relative(std: float, mean: float) -> float:
 
 
 def read_baseline(path: Path) -> dict[str, Any]:
-    """Read and check a baseline file; anything else is a ResultsError naming it."""
+    """Read and check a baseline file: at least one configuration, each with a name, a key, finite metrics and
+    finite tolerances ≥ 0. Anything else is a ResultsError naming the file: a gate that checks nothing, or checks
+    against NaN (which every comparison passes), guards nothing."""
     document = read_json(path)
     if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != VERSION:
-        raise ResultsError(f"{path} is not a dynhp-bench baseline (format {FORMAT!r}, version {VERSION}) ")
-    for entry in document.get("configurations", []):
+        raise ResultsError(f"{path} is not a dynhp-bench baseline (format {FORMAT!r}, version {VERSION})")
+    entries = document.get("configurations")
+    if not isinstance(entries, list) or not entries:
+        raise ResultsError(
+            f"{path} holds no configurations; expected at least one (write one with `dynhp-bench check --update`)"
+        )
+    for index, entry in enumerate(entries, start=1):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        where = f"{path}: configuration {index}" + (f" ({name!r})" if isinstance(name, str) else "")
+        if not isinstance(entry, dict):
+            raise ResultsError(f"{where} is not an object; expected name, key, tolerance and {', '.join(CHECKED)}")
         missing = [f for f in ("name", "key", "tolerance", *CHECKED) if f not in entry]
         if missing:
-            raise ResultsError(f"{path}: configuration {entry.get('name', '?')!r} lacks {', '.join(missing)}")
+            raise ResultsError(f"{where} lacks {', '.join(missing)}")
+        if not isinstance(name, str) or not isinstance(entry["key"], dict) or not isinstance(entry["tolerance"], dict):
+            raise ResultsError(f"{where}: name must be a string, key and tolerance objects")
+        key_missing = [k for k in CONFIG_KEY if k not in entry["key"]]
+        if key_missing:
+            raise ResultsError(f"{where}: its key lacks {', '.join(key_missing)}")
+        alpha = entry["key"]["alpha_bs"]
+        if alpha is not None and not _finite(alpha):
+            raise ResultsError(f"{where}: key alpha_bs={alpha!r}; expected a number or null")
+        for metric, (tolerance_name, _) in CHECKED.items():
+            if not _finite(entry[metric]) or entry[metric] < 0:
+                raise ResultsError(f"{where}: {metric}={entry[metric]!r}; expected a finite number ≥ 0")
+            tolerance = entry["tolerance"].get(tolerance_name)
+            if not _finite(tolerance) or tolerance < 0:
+                raise ResultsError(f"{where}: tolerance {tolerance_name}={tolerance!r}; expected a finite number ≥ 0")
     return document
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -147,7 +177,10 @@ def compare(baseline: dict[str, Any], runs: pd.DataFrame) -> list[Verdict]:
                 verdicts.append(Verdict(entry["name"], metric, base, None, allowed, "missing"))
                 continue
             measured = float(row[metric])
-            status = "regressed" if measured > allowed + 1e-12 else ("improved" if measured < base - 1e-12 else "pass")
+            if not math.isfinite(measured) or measured > allowed + 1e-12:  # NaN would pass every comparison
+                status = "regressed"
+            else:
+                status = "improved" if measured < base - 1e-12 else "pass"
             verdicts.append(Verdict(entry["name"], metric, base, measured, allowed, status))
     return verdicts
 

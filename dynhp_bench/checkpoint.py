@@ -26,11 +26,20 @@ VERSION = 2  # 2: masks, validation losses and two record columns (nonzero_param
 REQUIRED_KEYS = ("format", "version", "run_id", "epoch", "trainer", "records")
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the user's umask. `mkstemp` makes its files 0o600, which
+    would keep results from the people a shared results folder is shared with."""
+    umask = os.umask(0o077)  # reading the umask means setting it; it is put back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write `state` to `path` atomically (temporary file in the same folder, fsync, rename)."""
     document = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())
         with os.fdopen(fd, "wb") as handle:
             torch.save(document, handle)
             handle.flush()

@@ -7,7 +7,6 @@ import copy
 import dataclasses
 import functools
 import inspect
-import math
 import re
 import sys
 import time
@@ -18,52 +17,59 @@ from typing import Annotated, Any, get_args
 import pandas as pd
 import torch
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
 from dynhp_bench import __version__, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
 from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
-from dynhp_bench.config import CHOICES, DEFAULT_PROFILE, PROFILES, TrainConfig, resolve_config
+from dynhp_bench.config import (
+    CHOICES,
+    DEFAULT_PROFILE,
+    MAX_BATCH_SIZE,
+    MAX_SUBSET,
+    PROFILES,
+    check_count,
+    resolve_config,
+)
 from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
-from dynhp_bench.metrics import EpochRecord, to_mb
-from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, write_text_atomic
+from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, staged_folder, write_text_atomic
 from dynhp_bench.sweep import (
     COMPETITOR_SWEEPS,
     PAPER_SWEEPS,
     SWEEPABLE,
     SWEEPS_DIR,
     PoolOutcome,
-    Snapshot,
     Sweep,
-    TrialView,
     WorkerPlan,
     check_data,
     check_storage,
     combine,
     command_line_spec,
-    epochs_done,
     expand,
-    group_results,
+    mask_url,
+    max_workers,
     parse_seeds,
     parse_storage,
     read_sweep_file,
     run_pool,
-    threads_per_worker,
     work,
 )
-from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS
+from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS, repair_journal
+from dynhp_bench.threads import check_threads, split_threads
 from dynhp_bench.train import DEVICES, Runtime, train
+from dynhp_bench.views import (
+    EpochProgress,
+    SweepProgress,
+    err_console,
+    out_console,
+    print_bench,
+    print_check,
+    print_configurations,
+    print_inference,
+    print_paper_table,
+    print_run_summary,
+    print_sweep_summary,
+)
 
 app = typer.Typer(
     name="dynhp-bench",
@@ -72,13 +78,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Tables are wide: off a terminal (logs, CI) rich would wrap them at 80 columns.
-out_console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 AMBIGUITIES = "Choices the paper leaves open"
-MAX_THREADS = 1024
 DYPRUNE = "DyPrune (strategy dyprune)"
+
+
+def _flags_show_no_type() -> None:
+    """A flag takes no value, yet typer's rich help (0.29) prints it as `--quiet <bool>`: show no type for flags."""
+    option = typer.core.TyperOption
+    shown = option.display_type_rich
+
+    def display_type_rich(self: typer.core.TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    option.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_flags_show_no_type()
 
 
 def _choices(name: str) -> str:
@@ -135,7 +151,10 @@ def train_command(
         Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
     ] = None,
     out: Annotated[Path, typer.Option(help="Results root; the run lands in OUT/runs/RUN_ID/")] = Path("results"),
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Torch CPU threads", show_default="1 below batch 256, else the cores left free"),
+    ] = None,
     device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
     force: Annotated[
         bool, typer.Option(help="Train afresh even if this run is complete or has a checkpoint to continue from")
@@ -252,7 +271,7 @@ def train_command(
             raise ResultsError(
                 f"--resume={str(resume)!r} holds no {CONFIG_FILE}; expected a run folder OUT/runs/RUN_ID"
             )
-        settings = TrainConfig.from_dict(RunFolder(resume).read_config()["settings"])
+        settings = RunFolder(resume).read_settings()
         out = resume.resolve().parent.parent
         if resume.resolve() != run_path(out, settings.run_id).resolve():
             raise ResultsError(f"{resume} is not the folder of run {settings.run_id}; expected OUT/runs/RUN_ID")
@@ -261,430 +280,12 @@ def train_command(
     runtime = Runtime(
         data_dir=data_dir, results_root=out, threads=threads, device=device, checkpoint_every=checkpoint_every
     )
-    err_console.print(f"[bold]{settings.run_id}[/]  ({settings.profile} profile, {settings.epochs} epochs)")
-    with _EpochProgress(settings.epochs, enabled=not quiet) as progress:
-        result = train(settings, runtime, on_epoch=progress.update, force=force)
+    header = f"[bold]{settings.run_id}[/]  ({settings.profile} profile, {settings.epochs} epochs)"
+    with EpochProgress(settings.epochs, enabled=not quiet, header=header) as progress:
+        result = train(settings, runtime, on_epoch=progress.update, on_step=progress.step, force=force)
     if result.skipped:
         err_console.print(f"already complete: {result.run_dir} (pass --force to train it again)")
-    _print_summary(result.summary, result.run_dir)
-
-
-class _EpochProgress:
-    """A live bar on a terminal; one plain line per epoch elsewhere (logs, CI)."""
-
-    def __init__(self, epochs: int, *, enabled: bool) -> None:
-        self.epochs = epochs
-        self.enabled = enabled
-        self.live = enabled and err_console.is_terminal
-        self.progress = Progress(
-            TextColumn("epoch"),
-            MofNCompleteColumn(),
-            BarColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            TextColumn("left"),
-            TimeRemainingColumn(),
-            console=err_console,
-            disable=not self.live,
-        )
-        self.task = self.progress.add_task("train", total=epochs, status="")
-
-    def __enter__(self) -> _EpochProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
-
-    def update(self, record: EpochRecord) -> None:
-        status = (
-            f"error {record.test_error_pct:5.2f}%  batch {record.batch_size}  model {record.model_size_mb:.3f} MB  "
-            f"memory {record.memory_mb:.3f} MB  {record.wall_s:.1f} s/epoch"
-        )
-        if self.live:
-            self.progress.update(self.task, advance=1, status=status)
-        elif self.enabled:
-            err_console.print(f"epoch {record.epoch}/{self.epochs}  {status}", highlight=False, soft_wrap=True)
-
-
-def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
-    table = Table(title=summary.get("run_id"), show_header=False)
-    rows = [
-        ("final error", f"{summary['final_error_pct']:.2f} %"),
-        ("best error", f"{summary['best_error_pct']:.2f} % (epoch {summary['best_epoch']})"),
-        ("model size", f"{summary['model_size_mb']:.3f} MB  ({summary['model_bytes']} bytes)"),
-        (
-            "training memory",
-            f"{summary['training_memory_mb']:.3f} MB over {summary['epochs']} epochs "
-            f"(mean {summary['mean_memory_mb']:.3f} MB per epoch)",
-        ),
-        ("batch size", f"{summary['batch_size_initial']} → {summary['batch_size_final']}"),
-        ("active neurons", " / ".join(str(a) for a in summary["active_final"])),
-        ("wall time", f"{summary['wall_s']:.1f} s"),
-        ("peak resident memory", f"{to_mb(summary['peak_rss_bytes']):.1f} MB"),
-        ("run folder", str(run_dir)),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    out_console.print(table)
-
-
-@app.command("bench")
-def bench_command(
-    run_dirs: Annotated[
-        list[Path] | None, typer.Argument(help="With --inference: run folders whose final networks to time")
-    ] = None,
-    inference: Annotated[
-        bool,
-        typer.Option(
-            "--inference",
-            help="Time the RUN_DIRs' exported networks (ONNX Runtime and PyTorch) beside a dense one, not training",
-        ),
-    ] = False,
-    dataset: Annotated[str, typer.Option(help=_choices("dataset"))] = "mnist",
-    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = ",".join(
-        str(b) for b in DEFAULT_BATCH_SIZES
-    ),
-    repeats: Annotated[int, typer.Option(help="Timed epochs per case (the fastest is reported)")] = 3,
-    subset: Annotated[int | None, typer.Option(help="Time on the first N training images only")] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Results root; the table lands in OUT/bench/bench.csv")] = Path("results"),
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
-    device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
-    memory: Annotated[bool, typer.Option(help="Also measure the peak resident memory of `train`")] = True,
-) -> None:
-    """Seconds per epoch of the plain PyTorch loop, sp, hp, hp at 20% of the weights and dynhp, side by side,
-    with the machine's matmul peak and each case's FLOP limit; saved as CSV. With --inference RUN_DIR…: the
-    exported networks' file bytes, batch-1 latency and batch-256 throughput under ONNX Runtime and PyTorch."""
-    sizes = _positive_ints("--batch-sizes", batch_sizes)
-    if repeats < 1:
-        raise SettingsError(f"--repeats={repeats} is not valid; expected an integer ≥ 1")
-    if inference or run_dirs:
-        if not (inference and run_dirs):
-            raise SettingsError("RUN_DIR arguments go with --inference, and --inference needs at least one RUN_DIR")
-        _bench_inference(run_dirs, out=out, threads=threads, repeats=repeats)
-        return
-    if dataset not in CHOICES["dataset"]:
-        raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
-    runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
-    torch_device = runtime.torch_device()
-    _set_threads(threads)
-    root = resolve_data_dir(data_dir)
-    data = load_dataset(dataset, root, subset=subset)
-    csv_path = out / "bench" / "bench.csv"
-    err_console.print(
-        f"timing {len(sizes) * 5} cases × {repeats} epochs on {data.n_train} {dataset} images, "
-        f"{torch.get_num_threads()} threads, {torch_device}"
-    )
-
-    def show(case: str, batch: int, seconds: float) -> None:
-        err_console.print(f"  {case:>5} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
-
-    frame, peak = run_bench(data, batch_sizes=sizes, repeats=repeats, device=torch_device, on_epoch=show)
-    _save_csv(frame, csv_path)
-    table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak:.0f} GFLOP/s")
-    for column in ("case", "batch", "weights", "s/epoch", "FLOP limit s", "× plain", "× FLOP limit"):
-        table.add_column(column, justify="right")
-    for row in frame.itertuples():
-        table.add_row(
-            row.case, str(row.batch_size), f"{row.weights:,}", f"{row.epoch_s:.3f}", f"{row.flop_limit_s:.3f}",
-            f"{row.vs_plain:.2f}", f"{row.vs_flop_limit:.1f}",
-        )  # fmt: skip
-    out_console.print(table)
-    checks = Table(title="Targets")
-    for column in ("target", "measured", "holds"):
-        checks.add_column(column)
-    for target in targets(frame):
-        checks.add_row(target.name, f"{target.measured:.2f}", "yes" if target.holds else "NO")
-    out_console.print(checks)
-    if memory:
-        rss = train_peak_rss_bytes(root, dataset=dataset, threads=threads)
-        out_console.print(
-            f"peak resident memory of `train` (1 SP epoch, batch 512): {rss['train_peak_rss_bytes'] / 2**20:.0f} MiB "
-            f"(a process that only imports torch: {rss['import_torch_rss_bytes'] / 2**20:.0f} MiB)"
-        )
-    out_console.print(f"saved {csv_path}")
-
-
-def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None, repeats: int) -> None:
-    from dynhp_bench import inference  # onnx and onnxruntime load only for this
-    from dynhp_bench.export import load_final_network
-
-    _set_threads(threads)
-    models = [inference.inference_model(run_dir) for run_dir in run_dirs]
-    if not any(m.strategy == "dense" for m in models):
-        models.append(inference.dense_reference(load_final_network(run_dirs[0]).config))
-    err_console.print(
-        f"timing {len(models)} models × 2 runtimes, {repeats} rounds, {torch.get_num_threads()} threads",
-        highlight=False,
-    )
-    rows = inference.time_inference(models, rounds=repeats)
-    for model in models:
-        inference.save_inference(model, rows)
-    frame = pd.DataFrame(rows)
-    csv_path = _save_csv(frame, out / "bench" / "inference.csv")
-    table = Table(title=f"Inference on this CPU, {torch.get_num_threads()} thread(s), median call")
-    for column in ("model", "runtime", "file bytes", "parameters", "layers", "µs/image batch 1", "images/s batch 256"):
-        table.add_column(column, justify="right")
-    for row in frame.itertuples():
-        table.add_row(
-            row.model, row.runtime, f"{row.file_bytes:,}", f"{row.parameters:,}", row.layers,
-            f"{row.latency_batch1_us:.1f}", f"{row.throughput_batch256_per_s:,.0f}",
-        )  # fmt: skip
-    out_console.print(table)
-    out_console.print(f"saved {csv_path}")
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        if not 1 <= threads <= MAX_THREADS:  # torch takes a C int, and a pool of millions of threads is no request
-            raise SettingsError(f"--threads={threads} is not valid; expected an integer from 1 to {MAX_THREADS}")
-        torch.set_num_threads(threads)
-
-
-@app.command("export")
-def export_command(
-    run_dir: Annotated[Path, typer.Argument(help="A complete run folder OUT/runs/RUN_ID")],
-    format_: Annotated[str, typer.Option("--format", help="safetensors | onnx")] = "safetensors",
-    out: Annotated[
-        Path | None, typer.Option(help="Where the file lands", show_default="RUN_DIR/model.safetensors or .onnx")
-    ] = None,
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
-    ] = None,
-    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
-) -> None:
-    """Export the run's final network (gates folded, pruned units gone, raw pixels in, logits out), verified on
-    the whole test set against the run before it is written."""
-    from dynhp_bench.export import LOGIT_TOLERANCE, export_run  # onnx and onnxruntime load only for this
-
-    _set_threads(threads)
-    result = export_run(run_dir, format_, out=out, data_dir=data_dir)
-    check = result.verification
-    shapes = " → ".join([str(result.exported.shapes[0][0]), *(str(o) for _, o in result.exported.shapes)])
-    runtime = "ONNX Runtime" if format_ == "onnx" else "PyTorch (re-read tensors)"
-    out_console.print(
-        f"wrote {result.path} ({result.file_bytes:,} bytes, {result.parameters:,} parameters, {shapes}); "
-        f"checked on {check.n_test:,} test images with {runtime}: logits within {check.max_abs_logit_diff:.2g} "
-        f"(≤ {LOGIT_TOLERANCE:g}), test error {check.error_pct:.2f} % = the run's {check.final_error_pct:.2f} %",
-        highlight=False,
-        soft_wrap=True,
-    )
-
-
-@app.command("report")
-def report_command(
-    paper_tables: Annotated[
-        bool, typer.Option("--paper-tables", help="Regenerate the paper's Tables 1-3 and Figures 1-7")
-    ] = False,
-    results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
-    out: Annotated[Path | None, typer.Option(help="Where the report lands", show_default="RESULTS/report")] = None,
-) -> None:
-    """Summarise the runs: every configuration (mean ± std over seeds); with --paper-tables, the paper's
-    tables and figures as CSV, Markdown and PNG."""
-    started = time.perf_counter()
-    index = report.index_runs(results)
-    out = out if out is not None else results / "report"
-    configs = report.configurations(index.runs)
-    written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
-    inference = report.inference_table(index.runs)
-    if not inference.empty:  # runs timed by `bench --inference`
-        written.append(_save_csv(inference, out / "inference.csv"))
-    if index.incomplete:
-        err_console.print(
-            f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "
-            + ", ".join(p.name for p in index.incomplete[:5])
-            + (" …" if len(index.incomplete) > 5 else "")
-        )
-    if paper_tables:
-        datasets = report.dataset_table(index.runs)
-        written.append(_save_csv(datasets, out / "table1_datasets.csv"))
-        write_text_atomic(out / "table1_datasets.md", report.frame_markdown(datasets, "Table 1: datasets"))
-        tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
-        for dataset, table in tables.items():
-            stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
-            written.append(_save_csv(table, out / f"{stem}.csv"))
-            write_text_atomic(out / f"{stem}.md", report.table_markdown(table, dataset))
-            _print_paper_table(table, dataset)
-        from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
-
-        try:
-            drawn = figures.write_figures(configs, out)
-        except OSError as exc:
-            raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
-        written += [png for png, _ in drawn.values()]
-        empty = [name for name, (_, rows) in drawn.items() if rows == 0]
-        missing = report.missing_rows(tables)
-        if missing or empty:
-            err_console.print(f"[yellow]warning:[/] {len(missing)} paper configuration(s) have no results yet:")
-            for line in missing:
-                err_console.print(f"  {line}", highlight=False)
-            if empty:
-                err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
-    else:
-        _print_configurations(configs)
-    written += _write_competitors(configs, out)
-    out_console.print(f"wrote {len(written)} files under {out} in {time.perf_counter() - started:.1f} s")
-
-
-def _write_competitors(configs: pd.DataFrame, out: Path) -> list[Path]:
-    """competitors_<dataset>.{csv,md} from the competitors sweep files, and Figure 8 for each dataset with runs."""
-    from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
-
-    written = []
-    for dataset, name in COMPETITOR_SWEEPS.items():
-        if not (configs["dataset"] == dataset).any():
-            continue
-        path = SWEEPS_DIR / f"{name}.toml"
-        if path.is_file():
-            table = report.competitors_table(configs, report.competitor_entries(path))
-            written.append(_save_csv(table.drop(columns=["run_dirs"]), out / f"competitors_{dataset}.csv"))
-            write_text_atomic(out / f"competitors_{dataset}.md", report.competitors_markdown(table, dataset))
-            written.append(out / f"competitors_{dataset}.md")
-        try:
-            png, _ = figures.write_pareto(configs, dataset, out)
-        except OSError as exc:
-            raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
-        written += [png, png.with_suffix(".csv")]
-    return written
-
-
-@app.command("check")
-def check_command(
-    baseline: Annotated[Path, typer.Option(help="Baseline JSON file (committed under results/)")],
-    results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
-    junit: Annotated[Path | None, typer.Option(help="Also write a JUnit XML report here")] = None,
-    update: Annotated[bool, typer.Option("--update", help="Write a new baseline from the results")] = False,
-) -> None:
-    """Compare the results with a baseline: exit 1 if any configuration's error, model size or training
-    memory got worse beyond its tolerance (or has no results), 0 otherwise."""
-    index = report.index_runs(results)
-    if update:
-        document = write_baseline(baseline, index.runs)
-        out_console.print(f"wrote {baseline} with {len(document['configurations'])} configurations")
-        return
-    verdicts = compare(read_baseline(baseline), index.runs)
-    table = Table(title=f"check against {baseline}")
-    for column in ("configuration", "metric", "baseline", "measured", "allowed up to", "verdict"):
-        table.add_column(column)
-    colours = {"pass": "green", "improved": "green", "regressed": "red", "missing": "red"}
-    for v in verdicts:
-        measured = "—" if v.measured is None else f"{v.measured:.4f}"
-        table.add_row(
-            v.configuration, v.metric, f"{v.baseline:.4f}", measured, f"{v.allowed:.4f}",
-            f"[{colours[v.status]}]{v.status}[/]",
-        )  # fmt: skip
-    out_console.print(table)
-    if junit is not None:
-        junit_xml(verdicts, junit)
-    failed = [v for v in verdicts if v.failed]
-    if failed:
-        err_console.print(f"[red]{len(failed)} of {len(verdicts)} checks failed[/]")
-        raise typer.Exit(1)
-    out_console.print(f"all {len(verdicts)} checks passed")
-
-
-def _save_csv(frame: pd.DataFrame, path: Path) -> Path:
-    write_text_atomic(path, frame.to_csv(index=False))
-    return path
-
-
-def _fmt(value: object, digits: int) -> str:
-    return "missing" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def _print_paper_table(table: pd.DataFrame, dataset: str) -> None:
-    view = Table(title=f"Table {report.TABLE_NUMBER[dataset]}: {report.DATASET_NAMES[dataset]} (paper in brackets)")
-    for column in (
-        "method",
-        "batch / α_bs",
-        "error %",
-        "Δ%",
-        "model MB",
-        "Δ%",
-        "memory MB/epoch",
-        "Δ%",
-        "epochs",
-        "seeds",
-    ):
-        view.add_column(column, justify="right")
-    for row in table.itertuples():
-        config = (
-            f"{row.alpha_bs:.3f}" if row.alpha_bs is not None and not pd.isna(row.alpha_bs) else str(row.batch_size)
-        )
-        view.add_row(
-            row.method, config,
-            f"{_fmt(row.error_pct, 2)} [{row.paper_error_pct:.2f}]", _fmt(row.error_delta_pct, 0),
-            f"{_fmt(row.model_size_mb, 3)} [{row.paper_model_size_mb:.3f}]", _fmt(row.model_size_delta_pct, 0),
-            _fmt(row.mean_memory_mb, 3), _fmt(row.training_memory_delta_pct, 0),
-            _fmt(row.epochs, 0), _fmt(row.seeds, 0),
-        )  # fmt: skip
-    out_console.print(view)
-
-
-def _print_configurations(configs: pd.DataFrame) -> None:
-    view = Table(title="Configurations (mean over seeds)")
-    for column in ("dataset", "strategy", "batch", "α_bs", "profile", "epochs", "seeds", "error %", "model MB",
-                   "training memory MB"):  # fmt: skip
-        view.add_column(column, justify="right")
-    for row in configs.itertuples():
-        view.add_row(
-            row.dataset, row.strategy, str(row.batch_size), "" if row.alpha_bs is None else f"{row.alpha_bs:g}",
-            row.profile, str(row.epochs), str(row.seeds), f"{row.final_error_pct:.2f}", f"{row.model_size_mb:.3f}",
-            f"{row.training_memory_mb:.3f}",
-        )  # fmt: skip
-    out_console.print(view)
-
-
-def _positive_ints(flag: str, text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or any(v < 1 for v in values):
-        raise SettingsError(f"{flag}={text!r} is not valid; expected positive integers separated by commas")
-    return values
-
-
-_CREDENTIALS = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^@\s]*@")
-_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
-
-
-def _one_line(message: str) -> str:
-    """A message fit for one terminal line: control characters escaped, URL passwords masked."""
-    return _CREDENTIALS.sub(r"\g<keep>***@", message.translate(_CONTROL))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning user errors into one line and exit status 2."""
-    args = list(argv) if argv is not None else sys.argv[1:]
-    try:
-        result = app(args=args, prog_name="dynhp-bench", standalone_mode=False)
-    except DynhpError as exc:
-        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
-        sys.exit(2)
-    except typer.TyperException as exc:  # the vendored click's usage errors (bad option, bad type)
-        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-        # Click names only the first unknown letter of a cluster of short options (-00 → -0): name the word.
-        option = getattr(exc, "option_name", None)
-        words = [a for a in args if option and a != option and a.startswith(option)]
-        if words:
-            message += f" (in {words[0]!r})"
-        print(f"error: {_one_line(message)}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 2))
-    except Interrupted as exc:
-        print(
-            f"interrupted by {exc.signal_name}: checkpoint written in {exc.run_dir}; "
-            f"run the same command again (or `dynhp-bench train --resume {exc.run_dir}`) to continue",
-            file=sys.stderr,
-        )
-        sys.exit(exc.exit_status)
-    except (KeyboardInterrupt, typer.Abort):
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(result if isinstance(result, int) else 0)
+    print_run_summary(result.summary, result.run_dir)
 
 
 # --- sweeps ------------------------------------------------------------------------------------------------------
@@ -698,6 +299,8 @@ SETTING_OPTIONS = (
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"
 STORAGE_ENV = "DYNHP_STORAGE"  # keeps a PostgreSQL password off the command line and out of shell history
+MAX_HEARTBEAT_S = 3600
+MAX_REPEATS = 1000
 INTERRUPTED = "interrupted: the running trials were failed; run the same command again to finish the sweep"
 
 
@@ -743,7 +346,11 @@ StorageOption = Annotated[
 ]
 WorkersOption = Annotated[int, typer.Option(help="Local worker processes")]
 ThreadsOption = Annotated[
-    int | None, typer.Option(help="Torch CPU threads in all, split between the workers", show_default="all cores")
+    int | None,
+    typer.Option(
+        help="Torch CPU threads in all, split between the workers",
+        show_default="per run as for train, workers × threads ≤ cores",
+    ),
 ]
 HeartbeatOption = Annotated[
     int, typer.Option(help=f"PostgreSQL: seconds between heartbeats; {GRACE_HEARTBEATS} missed fail the trial")
@@ -799,12 +406,17 @@ def sweep_command(
         spec = command_line_spec(
             param, range_text=range_, values=values, settings=settings, trials=trials, sampler=sampler, name=name
         )
-    sweep = expand(
-        spec,
-        overrides=settings,
-        seeds=parse_seeds(seeds) if seeds is not None else None,
-        settings_file=runtime_options["config"],
-    )
+    try:
+        sweep = expand(
+            spec,
+            overrides=settings,
+            seeds=parse_seeds(seeds) if seeds is not None else None,
+            settings_file=runtime_options["config"],
+        )
+    except SettingsError as exc:  # a setting the file gives, or one clashing with it: name the file
+        if file is None or str(file) in str(exc):
+            raise
+        raise SettingsError(f"sweep file {str(file)!r}: {exc}") from None
     status = _run_sweep(sweep, runtime_options, storage=storage, workers=workers, threads=threads,
                         heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
     if status:
@@ -873,38 +485,44 @@ def _run_sweep(
     quiet: bool,
 ) -> int:
     """Check everything, then run the pool with a progress display; return the exit status (0 when finished)."""
-    if workers < 1:
-        raise SettingsError(f"--workers={workers} is not valid; expected an integer ≥ 1")
-    if threads is not None and threads < 1:
-        raise SettingsError(f"--threads={threads} is not valid; expected an integer ≥ 1")
-    if heartbeat_s < 1:
-        raise SettingsError(f"--heartbeat-s={heartbeat_s} is not valid; expected an integer ≥ 1")
+    bound, why = max_workers()
+    check_count("--workers", workers, low=1, high=bound, why=f" on this machine ({why})")
+    check_threads(threads)
+    check_count("--heartbeat-s", heartbeat_s, low=1, high=MAX_HEARTBEAT_S)
     out = Path(runtime_options["out"])
     runtime = Runtime(
         data_dir=runtime_options["data_dir"],
         results_root=out,
-        threads=threads_per_worker(workers, threads),
+        threads=None if threads is None else split_threads(threads, workers),
+        workers=workers,
         device=runtime_options["device"],
     )
     runtime.torch_device()
     check_data(sweep, runtime.data_dir)
     target = parse_storage(storage, out)
+    if target.journal is not None:
+        note = repair_journal(target.journal)
+        if note:
+            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
     check_storage(target)
     plan = WorkerPlan(sweep, target, runtime, heartbeat_s=heartbeat_s)
     runs = len({p.run_id for p in sweep.points})
+    trials = sum(g.size for g in sweep.groups)
+    shared = f" ({runs} distinct runs: a run in two groups trains once)" if runs != trials else ""
+    threads_text = runtime.threads or "1 below batch 256, else free cores ÷ workers"
     err_console.print(
-        f"[bold]sweep {sweep.name}[/]: {len(sweep.groups)} group(s), {runs} runs, {workers} worker(s) × "
-        f"{runtime.threads} thread(s), studies in {target.shown}",
+        f"[bold]sweep {sweep.name}[/]: {len(sweep.groups)} group(s), {trials} trials{shared}, {workers} worker(s) × "
+        f"{threads_text} thread(s), studies in {target.shown}",
         highlight=False,
         soft_wrap=True,
     )
     try:
-        with _SweepProgress(plan, enabled=not quiet) as progress:
+        with SweepProgress(plan, enabled=not quiet) as progress:
             outcome = run_pool(plan, workers=workers, on_update=progress.update)
     except KeyboardInterrupt:
         err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
         raise
-    _print_sweep_summary(plan, outcome.final)
+    print_sweep_summary(plan, outcome.final)
     return _sweep_status(outcome)
 
 
@@ -930,93 +548,306 @@ def _sweep_status(outcome: PoolOutcome) -> int:
     return 0
 
 
-class _SweepProgress:
-    """A bar over trials (done / running / failed / left) above one epoch bar per running run; a plain line per
-    finished trial."""
-
-    def __init__(self, plan: WorkerPlan, *, enabled: bool) -> None:
-        self.plan = plan
-        self.enabled = enabled
-        self.live = enabled and err_console.is_terminal
-        self.epochs = {p.run_id: p.config.epochs for p in plan.sweep.points}
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            disable=not self.live,
-        )
-        self.trials_task = self.progress.add_task("trials", total=None, status="")
-        self.run_tasks: dict[str, TaskID] = {}
-        self.seen: set[tuple[str, int]] | None = None
-        self.finished = 0
-
-    def __enter__(self) -> _SweepProgress:
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(*exc)  # type: ignore[arg-type]
-
-    def update(self, snap: Snapshot) -> None:
-        finished = [t for t in snap.trials if t.state in ("COMPLETE", "FAIL")]
-        if self.seen is None:  # trials finished before this command started
-            self.seen = {(t.study, t.number) for t in finished}
-            self.finished = snap.done
-            if snap.done and self.enabled:
-                self.progress.console.print(
-                    f"resuming: {snap.done} of {snap.total} trials already done", soft_wrap=True
-                )
-        for trial in finished:
-            if (trial.study, trial.number) not in self.seen:
-                self.seen.add((trial.study, trial.number))
-                self.finished += int(trial.state == "COMPLETE")
-                if self.enabled:
-                    line = _trial_line(trial, self.finished, snap.total)
-                    self.progress.console.print(line, highlight=False, soft_wrap=True)
-        if not self.live:
-            return
-        status = f"done {snap.done} · running {snap.running} · failed {snap.failed} · left {snap.left}"
-        self.progress.update(self.trials_task, total=snap.total, completed=snap.done, status=status)
-        root = self.plan.runtime.results_root
-        running = set(snap.running_runs)
-        for run_id in list(self.run_tasks):
-            if run_id not in running:
-                self.progress.remove_task(self.run_tasks.pop(run_id))
-        for run_id in running:
-            if run_id not in self.run_tasks:
-                self.run_tasks[run_id] = self.progress.add_task(f"  {run_id}", total=self.epochs.get(run_id), status="")
-            self.progress.update(self.run_tasks[run_id], completed=epochs_done(root, run_id), status="epochs")
+# --- results ---------------------------------------------------------------------------------------------------
 
 
-def _trial_line(trial: TrialView, count: int, total: int) -> str:
-    what = f"{trial.group}: {trial.param}={trial.value}" + ("" if trial.seed is None else f" seed {trial.seed}")
-    runs = ", ".join(trial.run_ids)
-    if trial.state == "COMPLETE" and trial.final_error_pct is not None:
-        return (
-            f"trial {count}/{total} complete  {what}  error {trial.final_error_pct:.2f} %  "
-            f"training memory {trial.training_memory_mb:.4f} MB  {runs}"
-        )
-    return f"trial failed  {what}  {runs}: {trial.note or 'no reason recorded'}; its point is claimed again"
+@app.command("report")
+def report_command(
+    paper_tables: Annotated[
+        bool, typer.Option("--paper-tables", help="Regenerate the paper's Tables 1-3 and Figures 1-7")
+    ] = False,
+    results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
+    out: Annotated[Path | None, typer.Option(help="Where the report lands", show_default="RESULTS/report")] = None,
+) -> None:
+    """Summarise the runs, or regenerate the paper's tables and figures (--paper-tables).
+
+    Without --paper-tables: every configuration, mean ± std over seeds. With it: Tables 1-3 and Figures 1-7 as
+    CSV, Markdown and PNG.
+    """
+    started = time.perf_counter()
+    index = report.index_runs(results)
+    out = out if out is not None else results / "report"
+    final = out
+    # All or nothing: every file is written into a temporary folder, moved into OUT only once all are written.
+    with staged_folder(final) as out:
+        configs = report.configurations(index.runs)
+        written = [_save_csv(configs.drop(columns=["run_dirs"]), out / "configurations.csv")]
+        inference = report.inference_table(index.runs)
+        if not inference.empty:  # runs timed by `bench --inference`
+            written.append(_save_csv(inference, out / "inference.csv"))
+        if index.incomplete:
+            err_console.print(
+                f"[yellow]warning:[/] {len(index.incomplete)} unfinished run folder(s) not read as results: "
+                + ", ".join(p.name for p in index.incomplete[:5])
+                + (" …" if len(index.incomplete) > 5 else "")
+            )
+        if paper_tables:
+            datasets = report.dataset_table(index.runs)
+            written.append(_save_csv(datasets, out / "table1_datasets.csv"))
+            written.append(out / "table1_datasets.md")
+            write_text_atomic(written[-1], report.frame_markdown(datasets, "Table 1: datasets"))
+            tables = {dataset: report.paper_table(configs, dataset) for dataset in report.TABLE_NUMBER}
+            for dataset, table in tables.items():
+                stem = f"table{report.TABLE_NUMBER[dataset]}_{dataset}"
+                written.append(_save_csv(table, out / f"{stem}.csv"))
+                written.append(out / f"{stem}.md")
+                write_text_atomic(written[-1], report.table_markdown(table, dataset))
+                print_paper_table(table, dataset)
+            from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+
+            try:
+                drawn = figures.write_figures(configs, out)
+            except OSError as exc:
+                raise ResultsError(f"cannot write figures under {final}: {exc.strerror or exc}") from None
+            written += [path for png, _ in drawn.values() for path in (png, png.with_suffix(".csv"))]
+            empty = [name for name, (_, rows) in drawn.items() if rows == 0]
+            missing = report.missing_rows(tables)
+            if missing or empty:
+                err_console.print(f"[yellow]warning:[/] {len(missing)} paper configuration(s) have no results yet:")
+                for line in missing:
+                    err_console.print(f"  {line}", highlight=False)
+                if empty:
+                    err_console.print(f"  figures with no data yet: {', '.join(empty)}", highlight=False)
+        else:
+            print_configurations(configs)
+        written += _write_competitors(configs, out)
+    out_console.print(f"wrote {len(written)} files under {final} in {time.perf_counter() - started:.1f} s")
 
 
-def _print_sweep_summary(plan: WorkerPlan, snap: Snapshot) -> None:
-    table = Table(title=f"sweep {plan.sweep.name}: {snap.done} of {snap.total} trials done")
-    for column in ("group", "done", "best error", "least training memory"):
-        table.add_column(column)
-    for result in group_results(plan, snap):
-        group = result.group
-        best, least = result.best_error, result.least_memory
-        table.add_row(
-            group.name,
-            f"{result.done}/{group.size}",
-            "—" if best is None else f"{group.param}={best.value}: {best.final_error_pct:.2f} %",
-            "—" if least is None else f"{group.param}={least.value}: {least.training_memory_mb:.4f} MB",
-        )
-    out_console.print(table)
-    studies = ", ".join(g.study for g in plan.sweep.groups)
+def _write_competitors(configs: pd.DataFrame, out: Path) -> list[Path]:
+    """competitors_<dataset>.{csv,md} from the competitors sweep files, and Figure 8 for each dataset with runs."""
+    from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+
+    written = []
+    for dataset, name in COMPETITOR_SWEEPS.items():
+        if not (configs["dataset"] == dataset).any():
+            continue
+        path = SWEEPS_DIR / f"{name}.toml"
+        if path.is_file():
+            table = report.competitors_table(configs, report.competitor_entries(path))
+            written.append(_save_csv(table.drop(columns=["run_dirs"]), out / f"competitors_{dataset}.csv"))
+            write_text_atomic(out / f"competitors_{dataset}.md", report.competitors_markdown(table, dataset))
+            written.append(out / f"competitors_{dataset}.md")
+        try:
+            png, _ = figures.write_pareto(configs, dataset, out)
+        except OSError as exc:
+            raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
+        written += [png, png.with_suffix(".csv")]
+    return written
+
+
+@app.command("export")
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A complete run folder OUT/runs/RUN_ID")],
+    format_: Annotated[str, typer.Option("--format", help="safetensors | onnx")] = "safetensors",
+    out: Annotated[
+        Path | None, typer.Option(help="Where the file lands", show_default="RUN_DIR/model.safetensors or .onnx")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="torch's default")] = None,
+) -> None:
+    """Export the run's final network, verified on the whole test set against the run before it is written.
+
+    Gates folded, pruned units gone, raw pixels in, logits out.
+    """
+    from dynhp_bench.export import LOGIT_TOLERANCE, export_run  # onnx and onnxruntime load only for this
+
+    _set_threads(threads)
+    result = export_run(run_dir, format_, out=out, data_dir=data_dir)
+    check = result.verification
+    shapes = " → ".join([str(result.exported.shapes[0][0]), *(str(o) for _, o in result.exported.shapes)])
+    runtime = "ONNX Runtime" if format_ == "onnx" else "PyTorch (re-read tensors)"
     out_console.print(
-        f"runs in {Path(plan.runtime.results_root) / 'runs'}; studies {studies} in {plan.storage.shown}", soft_wrap=True
+        f"wrote {result.path} ({result.file_bytes:,} bytes, {result.parameters:,} parameters, {shapes}); "
+        f"checked on {check.n_test:,} test images with {runtime}: logits within {check.max_abs_logit_diff:.2g} "
+        f"(≤ {LOGIT_TOLERANCE:g}), test error {check.error_pct:.2f} % = the run's {check.final_error_pct:.2f} %",
+        highlight=False,
+        soft_wrap=True,
     )
+
+
+@app.command("check")
+def check_command(
+    baseline: Annotated[Path, typer.Option(help="Baseline JSON file (committed under results/)")],
+    results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
+    junit: Annotated[Path | None, typer.Option(help="Also write a JUnit XML report here")] = None,
+    update: Annotated[bool, typer.Option("--update", help="Write a new baseline from the results")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List every check, not only the failed ones")] = False,
+) -> None:
+    """Compare the results with a baseline (exit 1 on a regression).
+
+    Exit 1 if any configuration's error, model size or training memory got worse beyond its tolerance (or has
+    no results), 0 otherwise.
+    """
+    index = report.index_runs(results)
+    if update:
+        document = write_baseline(baseline, index.runs)
+        out_console.print(f"wrote {baseline} with {len(document['configurations'])} configurations")
+        return
+    verdicts = compare(read_baseline(baseline), index.runs)
+    print_check(verdicts, baseline, show_all=show_all)
+    if junit is not None:
+        junit_xml(verdicts, junit)
+    if any(v.failed for v in verdicts):
+        raise typer.Exit(1)
+
+
+@app.command("bench")
+def bench_command(
+    run_dirs: Annotated[
+        list[Path] | None, typer.Argument(help="With --inference: run folders whose final networks to time")
+    ] = None,
+    inference: Annotated[
+        bool,
+        typer.Option(
+            "--inference",
+            help="Time the RUN_DIRs' exported networks (ONNX Runtime and PyTorch) beside a dense one, not training",
+        ),
+    ] = False,
+    dataset: Annotated[str, typer.Option(help=_choices("dataset"))] = "mnist",
+    batch_sizes: Annotated[str, typer.Option(help="Batch sizes, comma-separated")] = ",".join(
+        str(b) for b in DEFAULT_BATCH_SIZES
+    ),
+    repeats: Annotated[int, typer.Option(help="Timed epochs per case (the fastest is reported)")] = 3,
+    subset: Annotated[int | None, typer.Option(help="Time on the first N training images only")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Results root; the table lands in OUT/bench/bench.csv")] = Path("results"),
+    threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
+    device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
+    memory: Annotated[bool, typer.Option(help="Also measure the peak resident memory of `train`")] = True,
+) -> None:
+    """Time the trainer: seconds per epoch of each strategy beside a plain PyTorch loop.
+
+    The plain loop, sp, hp, hp at 20% of the weights and dynhp, side by side, with the machine's matmul peak and
+    each case's FLOP limit; saved as CSV. With --inference RUN_DIR…: the exported networks' file bytes, batch-1
+    latency and batch-256 throughput under ONNX Runtime and PyTorch.
+    """
+    sizes = _positive_ints("--batch-sizes", batch_sizes)
+    check_count("--repeats", repeats, low=1, high=MAX_REPEATS)
+    check_count("--subset", subset, low=1, high=MAX_SUBSET)
+    if inference or run_dirs:
+        if not (inference and run_dirs):
+            raise SettingsError("RUN_DIR arguments go with --inference, and --inference needs at least one RUN_DIR")
+        _bench_inference(run_dirs, out=out, threads=threads, repeats=repeats)
+        return
+    if dataset not in CHOICES["dataset"]:
+        raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
+    runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
+    torch_device = runtime.torch_device()
+    _set_threads(threads)
+    root = resolve_data_dir(data_dir)
+    data = load_dataset(dataset, root, subset=subset)
+    csv_path = out / "bench" / "bench.csv"
+    err_console.print(
+        f"timing {len(sizes) * 5} cases × {repeats} epochs on {data.n_train} {dataset} images, "
+        f"{torch.get_num_threads()} threads, {torch_device}"
+    )
+
+    def show(case: str, batch: int, seconds: float) -> None:
+        err_console.print(f"  {case:>5} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
+
+    frame, peak = run_bench(data, batch_sizes=sizes, repeats=repeats, device=torch_device, on_epoch=show)
+    _save_csv(frame, csv_path)
+    print_bench(frame, dataset=dataset, peak_gflops=peak, checks=targets(frame))
+    if memory:
+        rss = train_peak_rss_bytes(root, dataset=dataset, threads=threads)
+        out_console.print(
+            f"peak resident memory of `train` (1 SP epoch, batch 512): {rss['train_peak_rss_bytes'] / 2**20:.0f} MiB "
+            f"(a process that only imports torch: {rss['import_torch_rss_bytes'] / 2**20:.0f} MiB)"
+        )
+    out_console.print(f"saved {csv_path}")
+
+
+def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None, repeats: int) -> None:
+    from dynhp_bench import inference  # onnx and onnxruntime load only for this
+    from dynhp_bench.export import load_final_network
+
+    _set_threads(threads)
+    models = [inference.inference_model(run_dir) for run_dir in run_dirs]
+    if not any(m.strategy == "dense" for m in models):
+        models.append(inference.dense_reference(load_final_network(run_dirs[0]).config))
+    err_console.print(
+        f"timing {len(models)} models × 2 runtimes, {repeats} rounds, {torch.get_num_threads()} threads",
+        highlight=False,
+    )
+    rows = inference.time_inference(models, rounds=repeats)
+    for model in models:
+        inference.save_inference(model, rows)
+    frame = pd.DataFrame(rows)
+    csv_path = _save_csv(frame, out / "bench" / "inference.csv")
+    print_inference(frame, threads=torch.get_num_threads())
+    out_console.print(f"saved {csv_path}")
+
+
+def _set_threads(threads: int | None) -> None:
+    """Apply an explicit --threads (1 to the usable cores; torch takes a C int, and more threads than cores only
+    wait on each other)."""
+    check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def _save_csv(frame: pd.DataFrame, path: Path) -> Path:
+    write_text_atomic(path, frame.to_csv(index=False))
+    return path
+
+
+def _positive_ints(flag: str, text: str) -> list[int]:
+    parts = [v.strip() for v in text.split(",") if v.strip()]
+    values = [int(v) for v in parts if v.isascii() and v.isdigit() and len(v) <= 9]
+    if not values or len(values) != len(parts) or any(not 1 <= v <= MAX_BATCH_SIZE for v in values):
+        raise SettingsError(
+            f"{flag}={text!r} is not valid; expected integers from 1 to {MAX_BATCH_SIZE} separated by commas"
+        )
+    if len(set(values)) != len(values):
+        raise SettingsError(f"{flag}={text!r} lists a value twice; expected each once")
+    return values
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
+
+
+def _one_line(message: str) -> str:
+    """A message fit for one terminal line: control characters escaped, URL passwords masked."""
+    return mask_url(message.translate(_CONTROL))
+
+
+def _usage_message(exc: typer.TyperException, args: Sequence[str]) -> str:
+    """Click's usage message, naming what was typed: for `-00` click reports only the first flag it tried, `-0`."""
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    option = getattr(exc, "option_name", None)
+    if not isinstance(option, str) or not message.startswith("No such option") or option in args:
+        return message
+    typed = next((a for a in args if a.startswith(option)), option)
+    hint = ""
+    if re.fullmatch(r"-[0-9.][0-9.eE+-]*", typed):
+        hint = "; a negative number is read as an option: write it as --OPTION=" + typed
+    return f"No such option: {typed}{hint}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: run the app, turning user errors into one line and exit status 2."""
+    args = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        result = app(args=args, prog_name="dynhp-bench", standalone_mode=False)
+    except DynhpError as exc:
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
+        sys.exit(2)
+    except typer.TyperException as exc:  # the vendored click's usage errors (bad option, bad type)
+        print(f"error: {_one_line(_usage_message(exc, args))}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except Interrupted as exc:
+        print(
+            f"interrupted by {exc.signal_name}: checkpoint written in {exc.run_dir}; "
+            f"run the same command again (or `dynhp-bench train --resume {exc.run_dir}`) to continue",
+            file=sys.stderr,
+        )
+        sys.exit(exc.exit_status)
+    except (KeyboardInterrupt, typer.Abort):
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -4,7 +4,7 @@ Resolution order, later wins: built-in defaults → the profile's values → a T
 command line. Settings a strategy does not use are stored as ``None`` (so they never change a run id),
 and naming one explicitly for such a strategy is an error rather than silently ignored.
 
-The paper leaves three choices open; they are settings here with SPEC's defaults:
+The paper leaves three choices open; they are settings here, with these defaults:
 
 * ``growth_cadence``: Eq. 8 applied once per ``epoch`` (default) or after every ``step``;
 * ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default) or down (``floor``);
@@ -36,6 +36,14 @@ DATASETS = ("mnist", "fashion")
 STRATEGY_KEYS = tuple(STRATEGIES)
 INPUT_PIXELS = 784
 N_CLASSES = 10
+# Upper bounds of every count, far above any sensible value and low enough that nothing overflows or eats memory
+# before the run starts (torch seeds are 64-bit; a layer of MAX_WIDTH × 784 weights is ~300 MB).
+MAX_EPOCHS = 1_000_000
+MAX_BATCH_SIZE = 1_000_000
+MAX_SEED = 2**32 - 1
+MAX_SUBSET = 1_000_000_000
+MAX_WIDTH = 100_000
+MAX_BUDGET_BYTES = 2**50
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ FALLBACK_BATCH_SIZE = 128  # also DyPrune's: its published example trains at bat
 DEFAULT_VALIDATION_SPLIT = 10_000
 VALIDATION_SHARE = 6  # the published 60,000 = 50,000 + 10,000: a sixth of a subset is held out
 DEFAULT_ALPHA_BS = {"mnist": 0.972, "fashion": 0.980}
-# SPEC §2: the default budget C is the per-epoch memory of the dataset's best SP configuration.
+# The default budget C is the per-epoch memory of the dataset's best SP configuration.
 BUDGET_SP_BATCH = {"mnist": 512, "fashion": 128}
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -110,7 +118,7 @@ ALIASES = {"lambda": "lam"}
 
 
 def default_budget_bytes(dataset: str, hidden: tuple[int, ...]) -> int:
-    """SPEC's default memory budget C: full model bytes + the best SP batch of the dataset."""
+    """The default memory budget C: full model bytes + the best SP batch of the dataset."""
     return model_bytes(layer_shapes((INPUT_PIXELS, *hidden, N_CLASSES))) + batch_bytes(BUDGET_SP_BATCH[dataset])
 
 
@@ -158,6 +166,7 @@ class TrainConfig:
                 object.__setattr__(self, name, None)
             elif getattr(self, name) is None:
                 object.__setattr__(self, name, _FIELD_DEFAULTS.get(name))
+        budget_given = self.budget_bytes is not None
         if self.strategy == "dynhp":
             if self.alpha_bs is None:
                 object.__setattr__(self, "alpha_bs", DEFAULT_ALPHA_BS[self.dataset])
@@ -166,14 +175,16 @@ class TrainConfig:
         if STRATEGIES[self.strategy].needs_validation_loss and self.validation_split is None:
             default = DEFAULT_VALIDATION_SPLIT if self.subset is None else max(1, self.subset // VALIDATION_SHARE)
             object.__setattr__(self, "validation_split", default)
-        _check_int("epochs", self.epochs, low=1)
-        _check_int("batch_size", self.batch_size, low=1)
-        _check_int("seed", self.seed, low=0)
+        _check_int("epochs", self.epochs, low=1, high=MAX_EPOCHS)
+        _check_int("batch_size", self.batch_size, low=1, high=MAX_BATCH_SIZE)
+        _check_int("seed", self.seed, low=0, high=MAX_SEED)
         if self.subset is not None:
-            _check_int("subset", self.subset, low=1)
+            _check_int("subset", self.subset, low=1, high=MAX_SUBSET)
         if not _is_hidden(self.hidden):
             shown = ",".join(str(h) for h in self.hidden) if isinstance(self.hidden, tuple) else self.hidden
-            raise SettingsError(f"--hidden={shown!r} is not valid; expected two positive layer widths like 300,100")
+            raise SettingsError(
+                f"--hidden={shown!r} is not valid; expected two positive layer widths (≤ {MAX_WIDTH}) like 300,100"
+            )
         _check_open("lr", self.lr, 0.0, math.inf)
         _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
         _check_open("drop_rate_input", self.drop_rate_input, 0.0, 1.0)
@@ -206,14 +217,20 @@ class TrainConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected true or false")
         if self.budget_bytes is not None:
-            _check_int("budget_bytes", self.budget_bytes, low=1)
+            _check_int("budget_bytes", self.budget_bytes, low=1, high=MAX_BUDGET_BYTES)
             network = model_bytes(self.shapes)
             needed = network + batch_bytes(self.batch_size)
+            if self.budget_bytes < needed and budget_given:
+                raise SettingsError(
+                    f"--budget-bytes={self.budget_bytes} is smaller than the network ({network:,} bytes) plus its "
+                    f"first batch of {self.batch_size:,} ({batch_bytes(self.batch_size):,} bytes); "
+                    f"expected at least {needed:,}"
+                )
             if self.budget_bytes < needed:
                 raise SettingsError(
-                    f"--budget-bytes={self.budget_bytes} is smaller than the network ({network} bytes) plus its "
-                    f"first batch of {self.batch_size} ({batch_bytes(self.batch_size)} bytes); "
-                    f"expected at least {needed}"
+                    f"--batch-size={self.batch_size}: a first batch of {self.batch_size:,} does not fit DynHP's "
+                    f"default memory budget for {self.dataset} ({self.budget_bytes:,} bytes: the network plus a "
+                    f"batch of {BUDGET_SP_BATCH[self.dataset]}); raise it with --budget-bytes {needed} or more"
                 )
 
     @property
@@ -260,12 +277,22 @@ class TrainConfig:
 def resolve_config(cli: Mapping[str, Any], *, settings_file: Path | None = None) -> TrainConfig:
     """Resolve a TrainConfig: defaults, then profile, then `settings_file` (TOML), then `cli`.
 
-    `cli` holds only what the user gave (``None`` values are treated as not given).
+    `cli` holds only what the user gave (``None`` values are treated as not given). An error in a value the
+    settings file gave names the file.
     """
-    given: dict[str, Any] = {}
-    if settings_file is not None:
-        given.update(_read_settings_file(settings_file))
-    given.update({ALIASES.get(k, k): v for k, v in cli.items() if v is not None})
+    from_file = _read_settings_file(settings_file) if settings_file is not None else {}
+    from_cli = {ALIASES.get(k, k): v for k, v in cli.items() if v is not None}
+    try:
+        return _resolve({**from_file, **from_cli})
+    except SettingsError as exc:
+        text = str(exc)
+        file_only = set(from_file) - set(from_cli)
+        if any(f"{_flag(k)}=" in text or repr(k) in text for k in file_only) or text.startswith("settings could"):
+            raise SettingsError(f"settings file {str(settings_file)!r}: {text}") from None
+        raise
+
+
+def _resolve(given: dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(given) - known)
     if unknown:
@@ -308,11 +335,17 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(handle)
     except FileNotFoundError:
         raise SettingsError(f"settings file {str(path)!r} does not exist; expected a TOML file") from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"settings file {str(path)!r} is not valid TOML: {exc}") from None
     table = data.get("train", data)
     if not isinstance(table, dict):
         raise SettingsError(f"settings file {str(path)!r}: [train] must be a table of settings")
+    beside = sorted(k for k in data if k != "train") if "train" in data else []
+    if beside:
+        raise SettingsError(
+            f"settings file {str(path)!r}: key {beside[0]!r} is outside the [train] table; expected every setting "
+            "inside [train] (or none of them: a file without [train])"
+        )
     return {ALIASES.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in table.items()}
 
 
@@ -320,16 +353,18 @@ def _is_hidden(value: Any) -> bool:
     return (
         isinstance(value, tuple)
         and len(value) == 2
-        and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in value)
+        and all(isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= MAX_WIDTH for h in value)
     )
 
 
 def _as_hidden(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
-        try:
-            return tuple(int(v) for v in value.split(",") if v.strip())
-        except ValueError:
-            raise SettingsError(f"--hidden={value!r} is not valid; expected two widths like 300,100") from None
+        parts = [v.strip() for v in value.split(",") if v.strip()]
+        if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):  # int() takes "٣٠٠" and "1_0"
+            raise SettingsError(f"--hidden={value!r} is not valid; expected two widths like 300,100")
+        return tuple(int(p) for p in parts)
+    if not isinstance(value, list | tuple):
+        raise SettingsError(f"--hidden={value!r} is not valid; expected two widths like 300,100 or [300, 100]")
     return tuple(value)
 
 
@@ -337,9 +372,17 @@ def _flag(name: str) -> str:
     return "--" + {"lam": "lambda"}.get(name, name).replace("_", "-")
 
 
-def _check_int(name: str, value: Any, *, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise SettingsError(f"{_flag(name)}={value!r} is not valid; expected an integer ≥ {low}")
+def _check_int(name: str, value: Any, *, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        shown = f"{value!r}" if not isinstance(value, int) or abs(value) < 10**30 else f"{value:.3e}"
+        raise SettingsError(f"{_flag(name)}={shown} is not valid; expected an integer from {low} to {high}")
+
+
+def check_count(flag: str, value: int | None, *, low: int, high: int, why: str = "") -> None:
+    """Refuse a command-line count outside [low, high] with one line naming the flag (None is "not given")."""
+    if value is not None and not low <= value <= high:
+        shown = str(value) if abs(value) < 10**30 else f"{value:.3e}"
+        raise SettingsError(f"{flag}={shown} is not valid; expected an integer from {low} to {high}{why}")
 
 
 def _is_number(value: Any) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 import struct
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dynhp_bench.errors import DataError
+from dynhp_bench.errors import DataError, SettingsError
 
 DATA_ENV = "DYNHP_DATA"
 RAW_FILES = (
@@ -28,6 +29,8 @@ RAW_FILES = (
 )
 # Our dataset keys → torchvision's class names (also the folder names of its layout).
 TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion": "FashionMNIST"}
+IMAGE_SIZE = {"mnist": (28, 28), "fashion": (28, 28)}  # rows × columns of every image
+N_CLASSES = 10
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -74,14 +77,15 @@ def load_dataset(name: str, root: Path, *, subset: int | None = None, download: 
     """
     if name not in TORCHVISION_CLASSES:
         raise DataError(f"dataset {name!r} is not known; expected one of {', '.join(TORCHVISION_CLASSES)}")
+    if subset is not None and subset < 1:  # a negative slice would silently keep all but the last images
+        raise SettingsError(f"--subset={subset} is not valid; expected an integer ≥ 1")
     folder = raw_folder(root, name)
     missing = [f for f in RAW_FILES if not (folder / f).is_file()]
     if missing:
         if not download:
             raise DataError(_missing_message(name, folder, missing, "downloading is off"))
         _download(name, root, folder, missing)
-    for file in RAW_FILES:
-        check_idx_file(folder / file)
+    check_dataset(name, root)
     cls = torchvision_class(name)
     try:
         train = cls(str(root), train=True, download=False)
@@ -106,8 +110,47 @@ def load_dataset(name: str, root: Path, *, subset: int | None = None, download: 
     )
 
 
-def check_idx_file(path: Path) -> None:
-    """Check an uncompressed IDX file's header against its size; a bad one is a DataError naming it."""
+def check_dataset(name: str, root: Path) -> int:
+    """Check dataset `name` under `root` as a whole, reading no more than its labels: every IDX file's header against
+    its size, images of the dataset's size, as many labels as images, labels in 0-9, and a training set at least as
+    large as the test set (else the two look swapped). Returns the number of training images; a problem is a
+    DataError naming the file."""
+    folder = raw_folder(root, name)
+    counts = {}
+    for file in RAW_FILES:
+        counts[file] = check_idx_file(folder / file)
+    for split in ("train", "t10k"):
+        images, labels = counts[f"{split}-images-idx3-ubyte"], counts[f"{split}-labels-idx1-ubyte"]
+        size = tuple(images[1:])
+        if size != IMAGE_SIZE[name]:
+            raise DataError(
+                f"dataset file {folder / f'{split}-images-idx3-ubyte'} holds {size[0]}×{size[1]} images; expected "
+                f"{IMAGE_SIZE[name][0]}×{IMAGE_SIZE[name][1]} for {name}"
+            )
+        if images[0] != labels[0]:
+            raise DataError(
+                f"dataset file {folder / f'{split}-labels-idx1-ubyte'} holds {labels[0]} labels for {images[0]} "
+                "images; expected one label per image"
+            )
+        path = folder / f"{split}-labels-idx1-ubyte"
+        try:
+            largest = max(path.read_bytes()[8:], default=0)
+        except OSError as exc:
+            raise DataError(f"dataset file {path} cannot be read: {exc.strerror or exc}") from None
+        if largest >= N_CLASSES:
+            raise DataError(f"dataset file {path} holds label {largest}; expected labels 0 to {N_CLASSES - 1}")
+    n_train, n_test = counts[RAW_FILES[0]][0], counts[RAW_FILES[2]][0]
+    if n_train < n_test or n_train == 0:
+        raise DataError(
+            f"dataset files in {folder}: {n_train} training and {n_test} test images; expected a larger training "
+            "set (are train-* and t10k-* swapped?)"
+        )
+    return n_train
+
+
+def check_idx_file(path: Path) -> tuple[int, ...]:
+    """Check an uncompressed IDX file's header against its size and return its dimensions; a bad one is a DataError
+    naming it."""
     expected_dims = 3 if "images" in path.name else 1
     try:
         size = path.stat().st_size
@@ -128,6 +171,7 @@ def check_idx_file(path: Path) -> None:
             f"dataset file {path} is {'truncated' if size < expected else 'too long'}: {size} bytes where its "
             f"header ({' × '.join(map(str, dims))}) needs {expected}"
         )
+    return tuple(dims)
 
 
 def torchvision_class(name: str) -> Any:
@@ -142,11 +186,18 @@ def _as_rows(images: torch.Tensor) -> torch.Tensor:
 
 
 def _download(name: str, root: Path, folder: Path, missing: list[str]) -> None:
+    created: Path | None = None  # the outermost folder the download creates, removed again if it fails
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            break
+        created = candidate
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         torchvision_class(name)(str(root), train=True, download=True)
     except Exception as exc:  # no network, a mirror down, a read-only folder: all end the same way for a user
+        if created is not None:  # a mistyped --data-dir must not be left behind with an empty MNIST/raw in it
+            shutil.rmtree(created, ignore_errors=True)
         raise DataError(_missing_message(name, folder, missing, f"download failed: {_one_line(exc)}")) from None
     finally:
         socket.setdefaulttimeout(previous)

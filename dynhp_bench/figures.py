@@ -18,10 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
-from dynhp_bench.metrics import memory_mb, model_bytes
+from dynhp_bench.errors import ResultsError
+from dynhp_bench.metrics import EpochRecord, memory_mb, model_bytes
 from dynhp_bench.report import DATASET_NAMES, RUN_LENGTH, configuration_label, reference_tables, select
-from dynhp_bench.results import write_text_atomic
+from dynhp_bench.results import EPOCHS_FILE, RunFolder, write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)
@@ -33,9 +35,22 @@ def epochs_of(config: pd.Series | None) -> pd.DataFrame:
     """A configuration's epochs.csv, averaged over its seeds epoch by epoch (empty if None)."""
     if config is None:
         return pd.DataFrame()
-    frames = [pd.read_csv(Path(run_dir) / "epochs.csv") for run_dir in str(config["run_dirs"]).split(";")]
+    frames = [_read_epochs(Path(run_dir)) for run_dir in str(config["run_dirs"]).split(";")]
     numeric = pd.concat(frames).select_dtypes("number")
     return numeric.groupby("epoch", as_index=False).mean()
+
+
+def _read_epochs(run_dir: Path) -> pd.DataFrame:
+    """A run's epochs.csv with every column a number; a damaged one is a ResultsError naming it."""
+    frame = RunFolder(run_dir).read_epochs()
+    path = run_dir / EPOCHS_FILE
+    missing = [c for c in EpochRecord.columns() if c not in frame.columns and c not in ("strategy", "dataset")]
+    if missing:
+        raise ResultsError(f"{path} is damaged: it lacks the column(s) {', '.join(missing)}")
+    numbers = frame.drop(columns=[c for c in ("strategy", "dataset") if c in frame.columns])
+    if not all(pd.api.types.is_numeric_dtype(numbers[c]) for c in numbers.columns) or frame.empty:
+        raise ResultsError(f"{path} is damaged: expected one row of numbers per epoch, as `dynhp-bench train` writes")
+    return frame
 
 
 def _best(configs: pd.DataFrame, dataset: str, strategy: str) -> pd.DataFrame:
@@ -133,37 +148,63 @@ def _dynhp_with_best(configs: pd.DataFrame, column: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["dataset", "series", "epoch", column])
 
 
+# Saturated colours that read on white, none used twice in a plot: up to 11 α_bs values or the 7 batch sizes.
+# SP is always black and HP always red, so neither is ever mistaken for a swept series.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#000080", "#8b008b",
+           "#b8860b", "#006d6d")  # fmt: skip
+SP_COLOUR, HP_COLOUR = "black", "#d62728"
+
+
+def _style(series: str, index: int) -> dict[str, object]:
+    """Line style of one series: SP black (its virtual memory dashed), HP red dash-dot drawn over SP (where the
+    two coincide, SP shows through HP's gaps), the others from the palette, under both."""
+    if series.startswith("SP"):
+        return {"color": SP_COLOUR, "linestyle": "--" if "virtual" in series else "-", "linewidth": 2.0, "zorder": 4}
+    if series.startswith("HP"):
+        return {"color": HP_COLOUR, "linestyle": "-.", "linewidth": 2.0, "zorder": 5}  # over SP: its gaps show SP
+    return {"color": PALETTE[index % len(PALETTE)], "linestyle": "-", "linewidth": 1.2, "zorder": 2}
+
+
+def _label(series: str) -> str:
+    """A series name with mathtext for the symbols (the CSV keeps the plain name)."""
+    return series.replace("α_bs", r"$\alpha_{\mathrm{bs}}$")
+
+
 def _plot(spec: FigureSpec, data: pd.DataFrame) -> Figure:
-    """One line per series in each panel of the spec."""
+    """One line per series in each panel of the spec; integer epochs, y from 0, the legend below the panel."""
     panels = spec.panels()
     if spec.panel_of is not None:
         data = data.assign(panel=spec.panel_of(data))
     columns = -(-len(panels) // spec.rows)
-    figure, axes = plt.subplots(spec.rows, columns, figsize=(4.6 * columns, 3.6 * spec.rows), squeeze=False)
+    key_column = "panel" if spec.panel_of is not None else spec.panel
+    most_series = int(data.groupby(key_column)["series"].nunique().max()) if not data.empty else 0
+    height = 3.2 + 0.22 * max(-(-most_series // 3), 1)  # room for the legend's rows below the panel
+    figure, axes = plt.subplots(
+        spec.rows, columns, figsize=(4.8 * columns, height * spec.rows), squeeze=False, layout="constrained"
+    )
     for ax, (key, subtitle) in zip(axes.flat, panels, strict=False):
-        part = data[data["panel" if spec.panel_of is not None else spec.panel] == key]
-        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # 11 α_bs values + SP + HP need > 10 colours
+        part = data[data[key_column] == key]
+        others = 0
         for name, series in part.groupby("series", sort=False):
-            ax.plot(series["epoch"], series[spec.y], _line_style(str(name)) if spec.sp_styles else "-", label=str(name))
+            style = _style(str(name), others)
+            others += not str(name).startswith(("SP", "HP"))
+            ax.plot(series["epoch"], series[spec.y], label=_label(str(name)), **style)  # type: ignore[arg-type]
         ax.set_title(subtitle)
         ax.set_xlabel("epoch")
         ax.set_ylabel(spec.ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if spec.y_integer:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        # From 0: a change of 0.1 % must not look like a cliff, as an autoscaled axis makes it.
+        top = float(part[spec.y].max()) if not part.empty else 1.0
+        ax.set_ylim(0, top * 1.08 if top > 0 else 1.0)
         ax.grid(alpha=0.3)
         if part.empty:
-            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="dimgrey")
         else:
-            many = part["series"].nunique() > 6
-            ax.legend(fontsize="x-small" if many else "small", ncol=2 if many else 1)
-    figure.suptitle(spec.title)
-    figure.tight_layout()
+            ax.legend(fontsize="x-small", ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    figure.suptitle(_label(spec.title))
     return figure
-
-
-def _line_style(series: str) -> str:
-    """Figure 7: SP's real memory solid black, its virtual memory dashed black."""
-    if series == "SP virtual":
-        return "k--"
-    return "k-" if series.startswith("SP") else "-"
 
 
 def _by_dataset() -> list[tuple[str, str]]:
@@ -190,17 +231,18 @@ class FigureSpec:
     title: str
     rows: int = 1
     panel_of: Callable[[pd.DataFrame], pd.Series] | None = None
-    sp_styles: bool = False
+    y_integer: bool = False  # counts (neurons, samples): no fractional ticks
 
 
 FIGURES: dict[str, FigureSpec] = {
     "fig1_active_neurons": FigureSpec(
         fig1_data, "panel", _by_dataset_and_layer, "neurons", "active neurons",
-        "Figure 1: active neurons per layer, SP (Σ a_j) vs HP", rows=2,
+        r"Figure 1: active neurons per layer, SP ($\Sigma_j\,a_j$) vs HP", rows=2, y_integer=True,
         panel_of=lambda d: d["dataset"] + "/" + d["layer"],
     ),
     "fig2_memory": FigureSpec(
-        fig2_data, "dataset", _by_dataset, "memory_mb", "memory per epoch (MB)", "Figure 2: memory per epoch, SP vs HP"
+        fig2_data, "dataset", _by_dataset, "memory_mb", "memory per epoch (paper's MB)",
+        "Figure 2: memory per epoch, SP vs HP",
     ),
     "fig3_mnist_error": FigureSpec(
         lambda configs: batch_grid_data(configs, "mnist"), "strategy", _by_strategy, "test_error_pct",
@@ -215,11 +257,12 @@ FIGURES: dict[str, FigureSpec] = {
         "Figure 5: DynHP error by α_bs, with SP and HP best",
     ),
     "fig6_batch_size": FigureSpec(
-        fig6_data, "dataset", _by_dataset, "batch_size", "batch size (samples)", "Figure 6: DynHP batch size by α_bs"
+        fig6_data, "dataset", _by_dataset, "batch_size", "batch size (samples)", "Figure 6: DynHP batch size by α_bs",
+        y_integer=True,
     ),
     "fig7_memory": FigureSpec(
-        fig7_data, "dataset", _by_dataset, "memory_mb", "memory per epoch (MB)",
-        "Figure 7: memory per epoch; SP real (solid) and virtual (dashed)", sp_styles=True,
+        fig7_data, "dataset", _by_dataset, "memory_mb", "memory per epoch (paper's MB)",
+        "Figure 7: memory per epoch; SP real (solid) and virtual (dashed)",
     ),
 }  # fmt: skip
 

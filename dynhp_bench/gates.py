@@ -2,7 +2,7 @@
 
 Every Linear layer carries one gate per *input* neuron (784 pixels, then the hidden units); the 10
 outputs are never gated. Constants, sampling, P(z≠0), the deterministic evaluation gate, the
-initialisation and the penalty follow SPEC §1, i.e. the published L0 code.
+initialisation of weights and gates, and the penalty follow the published L0 code (biases: see `GatedMLP`).
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class GatedMLP(nn.Module):
         self.log_alphas = nn.ParameterList()
         rates = list(drop_rates) if drop_rates is not None else [0.2] + [0.5] * (len(shapes) - 1)
         for (n_in, n_out), rate in zip(shapes, rates, strict=True):
-            # The published L0 code: He-normal weights (fan = inputs), biases N(0, 0.01²).
+            # Weights He-normal (fan = inputs) and log α as in the published L0 code. Biases are drawn from
+            # N(0, 0.01²): our choice, not the published L0 layer's, which sets them to 0.
             weight = torch.randn(n_out, n_in, generator=generator) * math.sqrt(2.0 / n_in)
             bias = torch.randn(n_out, generator=generator) * 1e-2
             self.weights.append(nn.Parameter(weight))

@@ -2,8 +2,9 @@
 
 A clean stop finishes the current training step, writes a checkpoint of the last epoch boundary and
 marks the run interrupted (the trainer does that on seeing `StopRequest.requested`). A second signal
-raises at once (KeyboardInterrupt for SIGINT, SystemExit(143) for SIGTERM); every results file is
-written atomically, so none is left half-written either way.
+raises at once (KeyboardInterrupt for SIGINT, SystemExit(143) for SIGTERM), except while the clean stop
+writes its checkpoint and marker (`StopRequest.shield`), which takes a moment and must not be cut short;
+every results file is written atomically, so none is left half-written either way.
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.shielded = False
+
+    @contextmanager
+    def shield(self) -> Iterator[None]:
+        """While held, further signals are ignored (the clean stop is already under way)."""
+        self.shielded = True
+        try:
+            yield
+        finally:
+            self.shielded = False
 
     @property
     def requested(self) -> bool:
@@ -39,6 +50,8 @@ class StopRequest:
         return EXIT_STATUS.get(signal.Signals(self.signum), 1) if self.signum is not None else 0
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and self.shielded:
+            return
         if self.signum is not None:  # the second signal: stop now
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt

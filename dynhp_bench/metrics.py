@@ -45,6 +45,10 @@ def batch_bytes(batch_size: int) -> int:
     return batch_size * BATCH_BYTES_PER_SAMPLE
 
 
+# The unit of the paper's training memory: the per-epoch memory in MB summed over epochs, divided by 1000.
+TRAINING_MEMORY_UNIT = "×1000 MB·epoch"
+
+
 def to_mb(n_bytes: float) -> float:
     """The paper's "MB": bytes / 1024 / 1000."""
     return n_bytes / 1024 / 1000

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from dynhp_bench.errors import ResultsError
+from dynhp_bench.metrics import TRAINING_MEMORY_UNIT
 from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, RunFolder, complete_runs, read_json
 
 PAPER_EPOCHS = 2000
@@ -37,6 +38,7 @@ EXTRA_KEY = [
     "reset_optimizer", "reset_biases",
 ]  # fmt: skip
 METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb", "nonzero_params", "wall_s"]
+OPTIONAL_METRICS = ["nonzero_params"]  # absent from runs written before it existed
 RUN_LENGTH = ["profile", "epochs", "subset"]
 
 
@@ -60,28 +62,13 @@ def index_runs(results_root: Path) -> RunIndex:
     """Read every run folder under `results_root`; a root with no complete run is a ResultsError."""
     rows = []
     for folder in complete_runs(results_root):
-        summary = folder.read_summary()
-        settings = summary.get("settings", {})
-        rows.append(
-            {
-                "run_id": summary["run_id"],
-                "run_dir": str(folder.path),
-                "dataset": settings.get("dataset", summary.get("dataset")),
-                "strategy": settings.get("strategy", summary.get("strategy")),
-                "batch_size": int(settings.get("batch_size", summary.get("batch_size_initial", 0))),
-                "alpha_bs": settings.get("alpha_bs"),
-                "profile": settings.get("profile", summary.get("profile")),
-                "epochs": int(summary["epochs"]),
-                "lam": settings.get("lambda"),
-                "gamma": settings.get("gamma"),
-                "subset": settings.get("subset"),
-                **{name: settings.get(name) for name in EXTRA_KEY},
-                "seed": int(summary["seed"]),
-                "n_train": summary.get("n_train"),
-                # Runs written before a metric existed (nonzero_params) read it as NaN.
-                **{metric: float(summary.get(metric, math.nan)) for metric in METRICS},
-            }
-        )
+        try:
+            rows.append(_summary_row(folder))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ResultsError(
+                f"{folder.path / 'summary.json'} is damaged ({type(exc).__name__}: {exc}); expected the summary "
+                "`dynhp-bench train` writes (train the run again with --force, or remove its folder)"
+            ) from None
     runs_dir = Path(results_root) / RUNS_DIR
     incomplete = (
         sorted(p for p in runs_dir.iterdir() if p.is_dir() and not RunFolder(p).is_complete)
@@ -102,10 +89,51 @@ def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
     for run in runs.itertuples():
         path = Path(run.run_dir) / INFERENCE_FILE
         if path.is_file():
-            for measured in read_json(path):
+            measurements = read_json(path)
+            if not isinstance(measurements, list) or not all(isinstance(m, dict) for m in measurements):
+                raise ResultsError(f"{path} is damaged; expected the list of measurements `bench --inference` writes")
+            for measured in measurements:
                 rows.append({"run_id": run.run_id, "dataset": run.dataset, "final_error_pct": run.final_error_pct,
                              **measured})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _summary_row(folder: RunFolder) -> dict[str, object]:
+    """One run's row of the index from its summary.json (a damaged one raises KeyError, TypeError or ValueError)."""
+    summary = folder.read_summary()
+    settings = summary.get("settings", {})
+    if not isinstance(settings, dict):
+        raise TypeError("settings is not an object")
+    row = {
+        "run_id": str(summary["run_id"]),
+        "run_dir": str(folder.path),
+        "dataset": settings.get("dataset", summary.get("dataset")),
+        "strategy": settings.get("strategy", summary.get("strategy")),
+        "batch_size": int(settings.get("batch_size", summary.get("batch_size_initial", 0))),
+        "alpha_bs": settings.get("alpha_bs"),
+        "profile": settings.get("profile", summary.get("profile")),
+        "epochs": int(summary["epochs"]),
+        "lam": settings.get("lambda"),
+        "gamma": settings.get("gamma"),
+        "subset": settings.get("subset"),
+        **{name: settings.get(name) for name in EXTRA_KEY},
+        "seed": int(summary["seed"]),
+        "n_train": summary.get("n_train"),
+        # Runs written before a metric existed (nonzero_params) read it as NaN.
+        **{metric: float(summary.get(metric, math.nan)) for metric in OPTIONAL_METRICS},
+        **{metric: float(summary[metric]) for metric in METRICS if metric not in OPTIONAL_METRICS},
+    }
+    for name in ("dataset", "strategy", "profile"):
+        if not isinstance(row[name], str):
+            raise TypeError(f"{name} is {row[name]!r}, not a name")
+    for name in ("alpha_bs", "lam", "gamma", "subset"):
+        value = row[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TypeError(f"{name} is {value!r}, not a number")
+    for metric in METRICS:
+        if metric not in OPTIONAL_METRICS and not math.isfinite(row[metric]):  # type: ignore[arg-type]
+            raise ValueError(f"{metric} is {row[metric]}")
+    return row
 
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:
@@ -204,9 +232,12 @@ def paper_table(configs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     table["training_memory_delta_pct"] = [
         _delta_pct(v, sp_row["mean_memory_mb"]) if sp_row is not None else math.nan for v in table["mean_memory_mb"]
     ]
-    table["error_minus_paper"] = table["error_pct"] - table["paper_error_pct"]
-    table["model_size_minus_paper"] = table["model_size_mb"] - table["paper_model_size_mb"]
-    table["training_memory_minus_paper"] = table["training_memory_at_2000_mb"] - table["paper_training_memory_mb"]
+    # Rounded to the paper's digits (2 for error, 3 for MB), so the CSV reads 40.95, not 40.949999999999996.
+    table["error_minus_paper"] = (table["error_pct"] - table["paper_error_pct"]).round(2)
+    table["model_size_minus_paper"] = (table["model_size_mb"] - table["paper_model_size_mb"]).round(3)
+    table["training_memory_minus_paper"] = (
+        table["training_memory_at_2000_mb"] - table["paper_training_memory_mb"]
+    ).round(3)
     return table[TABLE_COLUMNS]
 
 
@@ -269,8 +300,8 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
     lines = [
         f"# Table {TABLE_NUMBER[dataset]}: {DATASET_NAMES[dataset]}",
         "",
-        "| method | batch / α_bs | error % (Δ) | paper | model size MB (Δ) | paper | training memory MB "
-        "(per-epoch mean, Δ) | paper (2,000 epochs) | profile, epochs, seeds |",
+        "| method | batch / α_bs | error % (Δ) | paper | model size MB (Δ) | paper | training memory "
+        f"{TRAINING_MEMORY_UNIT} (per-epoch mean MB, Δ) | paper (2,000 epochs) | profile, epochs, seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
@@ -303,7 +334,7 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
     lines.append("")
     lines.append(
         "Δ: difference from SP in %, as in the paper. Model size: the final network's weights and biases. "
-        "Training memory: Σ over epochs of (model + batch) MB / 1000."
+        f"Training memory: Σ over epochs of (model + batch) MB / 1000, in {TRAINING_MEMORY_UNIT}."
     )
     if not epochs.empty and epochs.min() < PAPER_EPOCHS:
         span = f"{int(epochs.min())}" if epochs.min() == epochs.max() else f"{int(epochs.min())}–{int(epochs.max())}"

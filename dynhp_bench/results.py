@@ -7,7 +7,8 @@
 * `model.safetensors`, `model.onnx`, `inference.json`: the exported final network and its measured
   inference speed, when `export` / `bench --inference` were run on it (see `export.py`);
 * `INTERRUPTED`: present while the run is stopped by a signal (which, when, at which epoch);
-* `COMPLETE`: written last; a folder without it is an unfinished run, never read as a result.
+* `COMPLETE`: written last; a folder without it is an unfinished run, never read as a result;
+* `.lock`: flocked by the one process that trains the run (`train` or a sweep worker), naming it (pid, host).
 
 JSON files and checkpoints are written atomically (temporary file, fsync, rename), so no reader sees
 half a file. epochs.csv is appended a flushed row at a time, and rewritten atomically on resume.
@@ -15,11 +16,14 @@ half a file. epochs.csv is appended a flushed row at a time, and rewritten atomi
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,8 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from dynhp_bench.checkpoint import load_checkpoint, save_checkpoint
-from dynhp_bench.errors import ResultsError
+from dynhp_bench.checkpoint import load_checkpoint, new_file_mode, save_checkpoint
+from dynhp_bench.config import TrainConfig
+from dynhp_bench.errors import ResultsError, SettingsError
 from dynhp_bench.metrics import EpochRecord
 
 RUNS_DIR = "runs"
@@ -39,6 +44,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 INFERENCE_FILE = "inference.json"
 INTERRUPTED_MARKER = "INTERRUPTED"
 COMPLETE_MARKER = "COMPLETE"
+LOCK_FILE = ".lock"
 
 
 def run_path(results_root: Path, run_id: str) -> Path:
@@ -52,6 +58,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, new_file_mode())
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -74,6 +81,29 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+@contextlib.contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """Write a set of files all or nothing: they are written into a temporary folder beside `final`, yielded here,
+    and moved into `final` (each by an atomic rename) only once the block ends without an error; after an error
+    `final` is as it was. Files already in `final` that the block did not write are left alone."""
+    final = Path(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name or 'out'}.", suffix=".tmp"))
+    except OSError as exc:
+        raise ResultsError(f"cannot write {final}: {exc.strerror or exc}") from None
+    try:
+        yield stage
+        try:
+            final.mkdir(parents=True, exist_ok=True)
+            for path in sorted(stage.iterdir()):
+                os.replace(path, final / path.name)
+        except OSError as exc:
+            raise ResultsError(f"cannot write {final}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def read_json(path: Path) -> Any:
     """Read a JSON file written by this module; a missing or broken one is a ResultsError naming it."""
     try:
@@ -93,6 +123,55 @@ class RunFolder:
         """Whether the run finished (its completion marker exists)."""
         return (self.path / COMPLETE_MARKER).is_file()
 
+    def has_result(self) -> bool:
+        """Whether the run is complete and its summary.json is readable: what a sweep counts as a point done."""
+        if not self.is_complete:
+            return False
+        try:
+            summary = self.read_summary()
+        except ResultsError:
+            return False
+        return isinstance(summary, dict) and summary.get("status") == "complete"
+
+    @contextlib.contextmanager
+    def writer_lock(self, *, wait: bool) -> Iterator[None]:
+        """Held by the one process that trains this run; `wait` blocks until it is free, else another holder is a
+        ResultsError naming it (pid and host). Temporary files a killed writer left are removed once it is held."""
+        lock_path = self.path / LOCK_FILE
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = lock_path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise ResultsError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise ResultsError(
+                    f"run folder {self.path} is being trained by {holder}; expected one writer per run: "
+                    "wait for it to end, then run the same command again"
+                ) from None
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                handle.flush()
+                self.remove_temporary_files()
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove the ``.*.tmp`` files an atomic write killed midway left behind (call holding the writer lock)."""
+        removed = []
+        with contextlib.suppress(OSError):
+            for path in self.path.glob(".*.tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
     @property
     def checkpoint_path(self) -> Path:
         """Where the run's checkpoint lives."""
@@ -104,11 +183,16 @@ class RunFolder:
         return (self.path / INTERRUPTED_MARKER).is_file()
 
     def start(self, config_document: dict[str, Any]) -> None:
-        """Create the folder afresh: earlier files of an unfinished run are removed first."""
+        """Create the folder afresh: earlier files of an unfinished run are removed first (not the writer lock)."""
         try:
-            if self.path.exists():
-                shutil.rmtree(self.path)
-            self.path.mkdir(parents=True)
+            self.path.mkdir(parents=True, exist_ok=True)
+            for child in self.path.iterdir():
+                if child.name == LOCK_FILE:
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
         except OSError as exc:
             raise ResultsError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
         write_json_atomic(self.path / CONFIG_FILE, config_document)
@@ -117,6 +201,7 @@ class RunFolder:
     def resume(self, records: Sequence[EpochRecord]) -> None:
         """Continue an unfinished run: epochs.csv is rewritten atomically to exactly the checkpoint's rows
         (rows of epochs trained after the checkpoint are dropped: they will be trained again)."""
+        self._remove(COMPLETE_MARKER)  # a complete run whose summary is unreadable is finished again
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(EpochRecord.columns())
@@ -153,6 +238,17 @@ class RunFolder:
     def read_config(self) -> dict[str, Any]:
         """The run's config.json."""
         return read_json(self.path / CONFIG_FILE)
+
+    def read_settings(self) -> TrainConfig:
+        """The run's settings, from config.json; a damaged file is a ResultsError naming it."""
+        path = self.path / CONFIG_FILE
+        document = self.read_config()
+        try:
+            return TrainConfig.from_dict(document["settings"])
+        except (KeyError, TypeError, ValueError, AttributeError, SettingsError) as exc:
+            raise ResultsError(
+                f"{path} is damaged ({type(exc).__name__}: {exc}); expected the config.json `dynhp-bench train` writes"
+            ) from None
 
     def read_summary(self) -> dict[str, Any]:
         """The run's summary.json."""

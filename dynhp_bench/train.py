@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench import __version__
-from dynhp_bench.config import TrainConfig
+from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
 from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
 from dynhp_bench.gates import GatedMLP
@@ -38,6 +38,7 @@ from dynhp_bench.metrics import (
 )
 from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
+from dynhp_bench.threads import check_threads, default_threads
 from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,17 +52,16 @@ class Runtime:
 
     data_dir: Path | None = None
     results_root: Path = Path("results")
-    threads: int | None = None
+    threads: int | None = None  # None: `threads.default_threads` picks per run
     device: str = "auto"
     checkpoint_every: int | None = None
+    workers: int = 1  # processes sharing this machine's cores (a sweep's workers)
 
     def __post_init__(self) -> None:
-        if self.checkpoint_every is not None and self.checkpoint_every < 1:
-            raise SettingsError(f"--checkpoint-every={self.checkpoint_every} is not valid; expected an integer ≥ 1")
+        check_count("--checkpoint-every", self.checkpoint_every, low=1, high=MAX_EPOCHS)
         if self.device not in DEVICES:
             raise SettingsError(f"--device={self.device!r} is not known; expected one of {', '.join(DEVICES)}")
-        if self.threads is not None and self.threads < 1:
-            raise SettingsError(f"--threads={self.threads} is not valid; expected an integer ≥ 1")
+        check_threads(self.threads)
 
     def torch_device(self) -> torch.device:
         """The torch device: `auto` is CUDA when available, else the CPU."""
@@ -83,6 +83,9 @@ class RunResult:
 
 
 EpochCallback = Callable[[EpochRecord], None]
+# Within an epoch: (epoch, images trained so far, images in the epoch), at most every STEP_REPORT_S seconds.
+StepCallback = Callable[[int, int, int], None]
+STEP_REPORT_S = 0.5
 
 
 class _StopNow(Exception):  # noqa: N818 - control flow inside this module only
@@ -123,6 +126,7 @@ class Trainer:
         self.optimizer = make_adam(list(self.net.parameters()), lr=config.lr)
         self.data = data
         self.stop: StopRequest | None = None
+        self.on_step: StepCallback | None = None
         held_out = config.validation_split or 0
         if held_out >= data.n_train:
             raise SettingsError(
@@ -261,6 +265,7 @@ class Trainer:
         totals = StepTotals(zero.clone(), zero.clone(), zero.clone(), torch.zeros(net.n_gates, device=device))
         memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))  # shapes change only between epochs
         start = 0
+        next_report = time.monotonic() + STEP_REPORT_S
         net.train()
         while start < n:
             index = perm[start : start + self.batch_size]
@@ -300,6 +305,9 @@ class Trainer:
             totals.steps += 1
             if self.stop is not None and self.stop.requested:
                 raise _StopNow
+            if self.on_step is not None and time.monotonic() >= next_report:
+                self.on_step(epoch, min(start, n), n)
+                next_report = time.monotonic() + STEP_REPORT_S
             if step_growth:
                 self.batch_size = self.strategy.next_batch_size(
                     self.batch_size, GrowthStats(epoch, float(ratio)), memory
@@ -432,34 +440,68 @@ def train(
     runtime: Runtime | None = None,
     *,
     on_epoch: EpochCallback | None = None,
+    on_step: StepCallback | None = None,
     force: bool = False,
+    wait: bool = False,
 ) -> RunResult:
     """Train one run to completion and write its folder.
 
-    A complete run is skipped unless `force`. An unfinished run with a checkpoint continues from it
-    (the rows of epochs trained after the checkpoint are trained again, identically on the CPU);
-    `force` starts afresh. Checkpoints are written every `runtime.checkpoint_every` epochs, else every
-    5 minutes, and at the end. SIGINT / SIGTERM finish the current step, write a checkpoint of the last
-    epoch boundary, mark the run interrupted and raise `Interrupted`.
+    A complete run (marker and readable summary) is skipped unless `force`. An unfinished run with a checkpoint
+    continues from it (the rows of epochs trained after the checkpoint are trained again, identically on the CPU);
+    `force` starts afresh. The dataset is loaded and checked before anything is written. One process at a time
+    trains a run: it holds the run folder's writer lock, and another process waits for it (`wait`, as sweep
+    workers do) or stops with a ResultsError naming the holder. Checkpoints are written every
+    `runtime.checkpoint_every` epochs, else every 5 minutes, and at the end. SIGINT / SIGTERM finish the current
+    step, write a checkpoint of the last epoch boundary, mark the run interrupted and raise `Interrupted`.
     """
     runtime = runtime or Runtime()
     folder = RunFolder(run_path(runtime.results_root, config.run_id))
-    if folder.is_complete and not force:
+    if folder.has_result() and not force:
         return RunResult(folder.path, folder.read_summary(), skipped=True)
     device = runtime.torch_device()
-    if runtime.threads is not None:
-        torch.set_num_threads(runtime.threads)
+    torch.set_num_threads(runtime.threads or default_threads(batch_size=config.batch_size, workers=runtime.workers))
     data_root = resolve_data_dir(runtime.data_dir)
     data = load_dataset(config.dataset, data_root, subset=config.subset)
+    with folder.writer_lock(wait=wait):
+        if folder.has_result() and not force:  # another process finished it while this one waited
+            return RunResult(folder.path, folder.read_summary(), skipped=True)
+        return _train_holding_lock(
+            config,
+            runtime,
+            folder,
+            data,
+            device=device,
+            data_root=data_root,
+            on_epoch=on_epoch,
+            on_step=on_step,
+            force=force,
+        )
+
+
+def _train_holding_lock(
+    config: TrainConfig,
+    runtime: Runtime,
+    folder: RunFolder,
+    data: Dataset,
+    *,
+    device: torch.device,
+    data_root: Path,
+    on_epoch: EpochCallback | None,
+    on_step: StepCallback | None,
+    force: bool,
+) -> RunResult:
     trainer = Trainer(config, data, device)
     records: list[EpochRecord] = []
+    earlier_wall_s = 0.0  # the wall time of earlier stretches of this run, up to the checkpoint resumed from
     if not force and folder.checkpoint_path.is_file():
         state = folder.read_checkpoint(config.run_id)
         trainer.load_state_dict(state["trainer"])
         records = [EpochRecord(**row) for row in state["records"]]
+        earlier_wall_s = float(state.get("wall_s", sum(r.wall_s for r in records)))
         folder.resume(records)
     else:
         folder.start(config_document(config, runtime, device, data_root))
+    started = time.perf_counter()
 
     def checkpoint(snapshot: dict[str, Any]) -> None:
         folder.write_checkpoint(
@@ -468,14 +510,15 @@ def train(
                 "epoch": len(records),
                 "trainer": snapshot,
                 "records": [asdict(r) for r in records],
+                "wall_s": earlier_wall_s + time.perf_counter() - started,
             }
         )
 
-    started = time.perf_counter()
     last_saved = time.monotonic()
     snapshot = trainer.state_dict()
     with stop_on_signals() as stop:
         trainer.stop = stop
+        trainer.on_step = on_step
         try:
             for epoch in range(len(records) + 1, config.epochs + 1):
                 record = trainer.run_epoch(epoch, last=epoch == config.epochs)
@@ -492,12 +535,14 @@ def train(
                 if stop.requested:
                     raise _StopNow
         except _StopNow:
-            checkpoint(snapshot)
-            folder.mark_interrupted(signal_name=stop.signal_name, epochs_done=len(records))
+            with stop.shield():  # a second signal now would leave the run without its marker
+                checkpoint(snapshot)
+                folder.mark_interrupted(signal_name=stop.signal_name, epochs_done=len(records))
             raise Interrupted(stop.signal_name, stop.exit_status, str(folder.path)) from None
         finally:
             trainer.stop = None
+            trainer.on_step = None
     checkpoint(snapshot)
-    summary = summarize(config, records, n_train=trainer.n_train, wall_s=time.perf_counter() - started)
+    summary = summarize(config, records, n_train=trainer.n_train, wall_s=earlier_wall_s + time.perf_counter() - started)
     folder.finish(summary)
     return RunResult(folder.path, summary, records)

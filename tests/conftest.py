@@ -6,8 +6,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from dynhp_bench.data import RAW_FILES, raw_folder, write_synthetic_dataset
+
+# Property-based tests replay the same examples on every run, for a user as in CI (Hypothesis derandomises only
+# when CI is set), and read no example database. DYNHP_HYPOTHESIS=explore draws new examples each run (to look
+# for failures; every one found becomes a plain regression test).
+settings.register_profile("default", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, database=None, print_blob=True)
+settings.load_profile(os.environ.get("DYNHP_HYPOTHESIS", "default"))
 
 SYNTHETIC_TRAIN = 512
 SYNTHETIC_TEST = 256

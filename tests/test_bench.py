@@ -61,5 +61,27 @@ def test_bad_batch_sizes_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
         main(["bench", "--batch-sizes", "16,x"])
     assert info.value.code == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --batch-sizes='16,x' is not valid; expected positive integers separated by commas"
+        "error: --batch-sizes='16,x' is not valid; expected integers from 1 to 1000000 separated by commas"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--batch-sizes", "16,16"], "lists a value twice"),
+        (["--batch-sizes", "16,²"], "expected integers from 1 to"),
+        (["--batch-sizes", "99999999999999999999"], "expected integers from 1 to"),
+        (["--subset", "0"], "--subset=0 is not valid"),
+        (["--subset", "-5"], "--subset=-5 is not valid"),
+        (["--repeats", "100000000"], "--repeats=100000000 is not valid"),
+        (["--threads", "100000000000"], "--threads=100000000000 is not valid"),
+    ],
+)
+def test_bench_refuses_bad_counts_before_timing_anything(
+    argv: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", *argv, "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "none").exists()

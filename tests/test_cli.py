@@ -57,6 +57,17 @@ def test_train_writes_a_run_folder_and_prints_a_summary(
         # Found by test_cli_fuzz: torch.set_num_threads overflowed on a value past a C int.
         (["bench", "--threads", "2147483648"], "--threads=2147483648"),
         (["bench", "--inference"], "--inference needs at least one RUN_DIR"),
+        # Found by the property-based tests (tests/test_cli_fuzz.py), kept as plain regressions:
+        (["sweep", "-00"], "No such option: -00"),  # click named only `-0`, the first flag it tried
+        (["sweep", "lambda", "--values", "-0.5"], "--lambda=-0.5"),
+        (["sweep", "lambda", "--range", ""], "--range=''"),  # said only "range ''"
+        (["sweep", "lambda", "--values", ""], "--values=''"),
+        (["sweep", "batch_size", "--values", "0,1"], "--values='0,1' gives batch_size=0"),  # named only --batch-size
+        (["sweep", "batch_size", "--range", "0:2"], "--range='0:2' gives batch_size=0"),
+        (["train", "--batch-size", "1_000"], "--batch-size=1000"),  # not the --budget-bytes the user never gave
+        (["train", "--threads", "1000000000"], "--threads=1000000000"),  # torch would try to start 10⁹ threads
+        (["bench", "--threads", "1000000000"], "--threads=1000000000"),
+        (["sweep", "lambda", "--values", "0.1", "--threads", "1000000000"], "--threads=1000000000"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(
@@ -70,6 +81,20 @@ def test_user_errors_are_one_line_and_exit_2(
     assert not (tmp_path / "runs").exists(), "nothing is written for a bad invocation"
 
 
+def test_a_batch_over_the_default_budget_says_how_to_raise_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _run(["train", "--batch-size", "1_000", "--out", str(tmp_path)], capsys)
+    assert code == 2
+    # network 1,066,440 bytes + a batch of 1,000 images × 784 pixels × 4 bytes = 4,202,440 bytes
+    assert "a first batch of 1,000 does not fit" in err and "--budget-bytes 4202440" in err
+    assert "2672072" not in err  # the default budget is shown as such (2,672,072), never as a flag's value
+    argv = ["train", "--batch-size", "1000", "--budget-bytes", "4202440", "--epochs", "1", "--subset", "1",
+            "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert "does not fit" not in err and "--budget-bytes" not in err  # the raised budget is accepted
+
+
 def test_a_missing_data_folder_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "nodata"
     empty.mkdir()
@@ -79,7 +104,9 @@ def test_a_missing_data_folder_is_one_line_naming_it(tmp_path: Path, capsys: pyt
     finally:
         empty.chmod(0o700)
     assert code == 2
-    line = next(x for x in err.splitlines() if x.startswith("error:"))
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err  # the run-id header waits until training starts
+    line = lines[0]
     assert str(empty / "MNIST" / "raw") in line and "train-images-idx3-ubyte" in line
     assert not (tmp_path / "runs").exists()
 
@@ -89,10 +116,3 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and out.startswith("dynhp-bench ")
     code, out, _ = _run(["train", "--help"], capsys)
     assert code == 0 and "--alpha-bs" in out and "--budget-bytes" in out
-
-
-def test_an_unknown_cluster_of_short_options_is_named_whole(capsys: pytest.CaptureFixture[str]) -> None:
-    # Found by tests/test_cli_fuzz.py: click reported `sweep -00` as "No such option: -0".
-    code, _, err = _run(["sweep", "-00", "--quiet"], capsys)
-    assert code == 2
-    assert err.strip() == "error: No such option: -0 (in '-00')"

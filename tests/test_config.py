@@ -50,7 +50,7 @@ def test_default_budget_is_the_best_sp_epoch_memory() -> None:
         ({"batch_size": -3}, "--batch-size=-3 is not valid"),
         ({"strategy": "sp", "alpha_bs": 0.97}, "--alpha-bs=0.97 does not apply to strategy 'sp'"),
         ({"strategy": "dense", "lambda": 0.1}, "--lambda=0.1 does not apply to strategy 'dense'"),
-        ({"strategy": "dynhp", "budget_bytes": 1_000_000}, "smaller than the network (1066440 bytes)"),
+        ({"strategy": "dynhp", "budget_bytes": 1_000_000}, "smaller than the network (1,066,440 bytes)"),
         ({"hidden": "300"}, "expected two positive layer widths"),
         ({"growth_rounding": "round"}, "--growth-rounding='round' is not known; expected one of ceil, floor"),
         ({"nonsense": 1}, "unknown setting 'nonsense'"),

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from dynhp_bench.config import TrainConfig
+from dynhp_bench.threads import usable_cores
 from dynhp_bench.train import Runtime, train
 
 pytestmark = pytest.mark.integration
@@ -19,7 +20,7 @@ EPOCHS = 4
 @pytest.fixture(scope="module")
 def runs(real_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
     out = tmp_path_factory.mktemp("results")
-    runtime = Runtime(data_dir=real_root, results_root=out, threads=2, device="cpu")
+    runtime = Runtime(data_dir=real_root, results_root=out, threads=min(2, usable_cores()), device="cpu")
     configs = {
         "sp": TrainConfig(strategy="sp", epochs=EPOCHS, subset=SUBSET, batch_size=128),
         "hp": TrainConfig(strategy="hp", epochs=EPOCHS, subset=SUBSET, batch_size=100),

@@ -8,6 +8,7 @@ import os
 import pickle
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from dynhp_bench.checkpoint import load_checkpoint, save_checkpoint
 from dynhp_bench.cli import main
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import write_synthetic_dataset
-from dynhp_bench.errors import ResultsError
+from dynhp_bench.errors import Interrupted, ResultsError
 from dynhp_bench.metrics import TIMING_COLUMNS
 from dynhp_bench.results import CHECKPOINT_FILE, COMPLETE_MARKER, INTERRUPTED_MARKER, RunFolder, run_path
 from dynhp_bench.train import Runtime, train
@@ -287,3 +288,88 @@ def test_a_full_disk_while_writing_results_is_a_results_error(tmp_path: Path, mo
         folder.finish({"final_error_pct": 1.0})
     monkeypatch.undo()
     assert not folder.is_complete and not (folder.path / "summary.json").exists()
+
+
+# --- one writer per run folder (issue 10) ----------------------------------------------------------------------
+
+
+def test_two_train_processes_of_one_run_leave_one_consistent_folder(slow_root: Path, tmp_path: Path) -> None:
+    first, run_dir = _start(slow_root, tmp_path, rows=2)
+    first.send_signal(signal.SIGSTOP)  # hold the first writer mid-run, so the second surely meets it
+    try:
+        second = subprocess.run(_train_argv(slow_root, tmp_path), capture_output=True, text=True, timeout=120)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert second.returncode == 2
+    lines = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in second.stderr
+    assert f"pid {first.pid} on {socket.gethostname()}" in lines[0] and str(run_dir) in lines[0]
+    rows = pd.read_csv(run_dir / "epochs.csv")
+    assert rows["epoch"].tolist() == list(range(1, 9))
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 8
+
+
+def test_a_waiting_writer_finds_the_run_complete_and_trains_nothing(synthetic_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(strategy="sp", epochs=2, batch_size=128, profile="smoke")
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1)
+    done = train(config, runtime)
+    folder = RunFolder(done.run_dir)
+    (folder.path / COMPLETE_MARKER).unlink()  # looks unfinished to the first check, complete once the lock is held
+    original = RunFolder.writer_lock
+
+    def finish_meanwhile(self: RunFolder, *, wait: bool):  # type: ignore[no-untyped-def]
+        (self.path / COMPLETE_MARKER).write_text("complete\n")
+        return original(self, wait=wait)
+
+    RunFolder.writer_lock = finish_meanwhile  # type: ignore[method-assign]
+    try:
+        again = train(config, runtime, wait=True)
+    finally:
+        RunFolder.writer_lock = original  # type: ignore[method-assign]
+    assert again.skipped and again.summary == done.summary
+
+
+def test_temporary_files_of_a_killed_write_are_removed_when_the_folder_is_next_opened(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    config = TrainConfig(strategy="sp", epochs=2, batch_size=128, profile="smoke")
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1)
+    run_dir = train(config, runtime).run_dir
+    (run_dir / ".summary.json.abc123.tmp").write_text("{half")
+    (run_dir / COMPLETE_MARKER).unlink()
+    train(config, runtime)
+    assert not list(run_dir.glob(".*.tmp"))
+    assert RunFolder(run_dir).has_result()
+
+
+def test_summary_wall_time_after_a_resume_counts_every_stretch(synthetic_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(strategy="sp", epochs=4, batch_size=128, profile="smoke")
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, checkpoint_every=1)
+    _train_until_crash(config, runtime, after_epoch=3)
+    resumed = train(config, runtime)
+    rows = pd.read_csv(resumed.run_dir / "epochs.csv")
+    assert resumed.summary["wall_s"] >= rows["wall_s"].sum()  # all four epochs, not the last stretch's one
+
+
+def test_a_second_sigint_while_the_checkpoint_is_written_still_marks_the_run_interrupted(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainConfig(strategy="sp", epochs=4, batch_size=128, profile="smoke")
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1)
+    original = RunFolder.write_checkpoint
+
+    def second_sigint_midway(self: RunFolder, state: dict[str, object]) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        original(self, state)
+
+    def first_sigint(record: object) -> None:
+        monkeypatch.setattr(RunFolder, "write_checkpoint", second_sigint_midway)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        train(config, runtime, on_epoch=first_sigint)
+    assert info.value.exit_status == 130
+    folder = RunFolder(run_path(tmp_path, config.run_id))
+    assert folder.is_interrupted and load_checkpoint(folder.checkpoint_path)["epoch"] == 1

@@ -303,3 +303,102 @@ def test_report_writes_the_competitors_tables_and_figure_8(tmp_path: Path, capsy
     assert frame["nonzero_params"].tolist() == [266_610, 1_000]
     assert (out / "competitors_mnist.md").is_file() and (out / "fig8_pareto_mnist.png").is_file()
     assert not (out / "competitors_fashion.csv").exists(), "no Fashion-MNIST runs, no Fashion-MNIST table"
+
+
+def test_ours_minus_the_papers_is_rounded_to_the_papers_digits(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=2), errors=[3.0, 2.37])  # 2.37 − 1.42 is 0.9500000000000002 in floats
+    table = report.paper_table(report.configurations(report.index_runs(tmp_path).runs), "mnist")
+    row = table[table["method"] == "SP"].iloc[0]
+    assert row["error_minus_paper"] == 0.95
+    assert "0.9500000" not in table.to_csv(index=False)
+
+
+# --- unusable baselines and damaged run folders (issue 10) -----------------------------------------------------------
+
+
+def _baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path, dict[str, object]]:
+    results = tmp_path / "results"
+    make_run(results, sp(epochs=2), errors=[2.0, 1.0])
+    baseline = tmp_path / "baseline.json"
+    assert _run_cli(["check", "--baseline", str(baseline), "--results", str(results), "--update"], capsys)[0] == 0
+    return results, baseline, json.loads(baseline.read_text())
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        (lambda d: d.update(configurations=[]), "holds no configurations"),
+        (lambda d: d.pop("configurations"), "holds no configurations"),
+        (lambda d: d["configurations"][0].update(final_error_pct=math.nan), "final_error_pct=nan"),
+        (lambda d: d["configurations"][0].update(model_size_mb="big"), "model_size_mb='big'"),
+        (lambda d: d["configurations"][0]["tolerance"].update(error_pp=math.inf), "error_pp=inf"),
+        (lambda d: d["configurations"][0]["tolerance"].pop("training_memory_rel"), "training_memory_rel=None"),
+        (lambda d: d["configurations"][0]["key"].pop("epochs"), "its key lacks epochs"),
+        (lambda d: d["configurations"][0]["key"].update(alpha_bs="x"), "alpha_bs='x'"),
+        (lambda d: d["configurations"].append(7), "configuration 2 is not an object"),
+    ],
+)
+def test_an_empty_or_partly_unreadable_baseline_fails_the_gate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: object, fragment: str
+) -> None:
+    results, baseline, document = _baseline(tmp_path, capsys)
+    damage(document)  # type: ignore[operator]
+    baseline.write_text(json.dumps(document))
+    code, out, err = _run_cli(["check", "--baseline", str(baseline), "--results", str(results)], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(baseline) in err and fragment in err, err
+    assert "passed" not in out
+
+
+def test_a_nan_measured_metric_fails_the_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    results, baseline, _ = _baseline(tmp_path, capsys)
+    (run,) = (results / "runs").iterdir()
+    summary = json.loads((run / "summary.json").read_text())
+    summary["final_error_pct"] = math.nan
+    (run / "summary.json").write_text(json.dumps(summary))
+    code, out, err = _run_cli(["check", "--baseline", str(baseline), "--results", str(results)], capsys)
+    assert code != 0 and "passed" not in out and str(run / "summary.json") in err
+
+
+@pytest.mark.parametrize(
+    "summary_text",
+    ['{"run_id": "x"}', "[1, 2]", '{"run_id": "x", "epochs": "many", "seed": 0}', '{"settings": 3}', "{half"],
+)
+def test_report_and_check_on_a_damaged_summary_are_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], summary_text: str
+) -> None:
+    results, baseline, _ = _baseline(tmp_path, capsys)
+    (run,) = (results / "runs").iterdir()
+    (run / "summary.json").write_text(summary_text)
+    for argv in (["report", "--results", str(results)], ["check", "--baseline", str(baseline), "--results",
+                                                          str(results)]):  # fmt: skip
+        code, _, err = _run_cli(argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and str(run / "summary.json") in err, err
+    assert not (results / "report").exists()
+
+
+@pytest.mark.parametrize("epochs_text", ["", "epoch,oops\n1,2\n", "garbage\x00\xff", "epoch\n"])
+def test_a_damaged_epochs_csv_leaves_no_half_written_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], epochs_text: str
+) -> None:
+    results = tmp_path / "results"
+    make_run(results, sp(epochs=2), errors=[2.0, 1.0])
+    out = tmp_path / "report"
+    assert _run_cli(["report", "--paper-tables", "--results", str(results), "--out", str(out)], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    run = make_run(results, sp(epochs=3), errors=[3.0, 2.0, 1.0])  # a new result: the report would change
+    (run / "epochs.csv").write_text(epochs_text, encoding="latin-1")
+    code, _, err = _run_cli(["report", "--paper-tables", "--results", str(results), "--out", str(out)], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(run / "epochs.csv") in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "the earlier report is untouched"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary folder is left"
+
+
+@pytest.mark.parametrize("text", ['{"a": 1}', "[1, 2]", "7"])
+def test_a_damaged_inference_json_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    run = make_run(tmp_path, sp(epochs=2), errors=[2.0, 1.0])
+    (run / "inference.json").write_text(text)
+    code, _, err = _run_cli(["report", "--results", str(tmp_path)], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(run / "inference.json") in err and "Traceback" not in err, err
+    assert not (tmp_path / "report").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from decimal import Decimal
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from optuna.trial import TrialState
 from dynhp_bench.cli import main
 from dynhp_bench.config import resolve_config
 from dynhp_bench.errors import SettingsError, StorageError
-from dynhp_bench.results import run_path
+from dynhp_bench.results import COMPLETE_MARKER, RunFolder, run_path
 from dynhp_bench.sweep import (
     PAPER_SWEEPS,
     SWEEPS_DIR,
@@ -32,10 +33,9 @@ from dynhp_bench.sweep import (
     range_points,
     read_sweep_file,
     snapshot,
-    threads_per_worker,
     work,
 )
-from dynhp_bench.sweep.storage import FAILED_ATTR, WORKER_ATTR
+from dynhp_bench.sweep.storage import FAILED_ATTR, WORKER_ATTR, repair_journal
 from dynhp_bench.sweep.worker import claim_next, open_studies, run_ids_of
 from dynhp_bench.train import Runtime
 
@@ -198,10 +198,6 @@ def test_bad_storage_urls_are_refused_without_their_password(tmp_path: Path, url
     with pytest.raises(StorageError, match=fragment) as info:
         parse_storage(url, tmp_path)
     assert "hunter2" not in str(info.value)
-
-
-def test_torch_threads_are_split_between_workers() -> None:
-    assert [threads_per_worker(k, 8) for k in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
 
 
 def test_the_default_storage_is_a_journal_in_the_results_folder(tmp_path: Path) -> None:
@@ -400,3 +396,108 @@ def test_a_search_runs_the_asked_number_of_trials_on_the_exact_grid(synthetic_ro
     assert (snap.total, snap.done, snap.left) == (3, 3, 0)
     (result,) = group_results(plan, snap)
     assert result.best_error is not None and result.best_error.final_error_pct == min(t.value for t in trials)
+
+
+# --- a point is done only while its run folder holds its result (issue 10) ------------------------------------------
+
+
+def test_a_rerun_retrains_a_deleted_run_and_one_without_its_marker(synthetic_root: Path, tmp_path: Path) -> None:
+    plan = _plan(tmp_path, synthetic_root, "0.3,0.4,0.5")
+    assert work(plan, poll_s=0.01) == 3
+    deleted, unmarked, kept = (run_path(tmp_path, p.run_id) for p in plan.sweep.points)
+    kept_at = (kept / "summary.json").stat().st_mtime_ns
+    shutil.rmtree(deleted)
+    (unmarked / COMPLETE_MARKER).unlink()
+    store = open_store(plan.storage)
+    try:
+        assert snapshot(plan, open_studies(plan, store)).done == 1
+    finally:
+        store.close()
+    assert work(plan, poll_s=0.01) == 2
+    assert all(RunFolder(p).has_result() for p in (deleted, unmarked, kept))
+    assert (kept / "summary.json").stat().st_mtime_ns == kept_at
+
+
+def test_a_damaged_summary_does_not_count_as_done(synthetic_root: Path, tmp_path: Path) -> None:
+    plan = _plan(tmp_path, synthetic_root, "0.3")
+    work(plan, poll_s=0.01)
+    summary = run_path(tmp_path, plan.sweep.points[0].run_id) / "summary.json"
+    summary.write_text('{"run_id": ')
+    assert work(plan, poll_s=0.01) == 1
+    assert json.loads(summary.read_text())["status"] == "complete"
+
+
+def test_a_search_retrains_the_value_of_its_failed_trial_before_drawing_new_ones(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    plan = _plan(tmp_path, synthetic_root, "0.01:0.99:0.01", trials=1)
+    group = plan.sweep.groups[0]
+    failed = group.points[57]
+    store = open_store(plan.storage)
+    try:
+        study = open_studies(plan, store)[group.study]
+        trial = study.ask()  # a trial whose worker was killed: reaped as FAIL, its run folder left unfinished
+        trial.suggest_float("gamma", 0.01, 0.99, step=0.01)
+        for key, value in (("group", group.name), ("value", str(failed.value)), ("run_ids", [failed.run_id])):
+            trial.set_user_attr(key, value)
+        study.tell(trial, state=TrialState.FAIL)
+    finally:
+        store.close()
+    assert work(plan, poll_s=0.01) == 1
+    assert RunFolder(run_path(tmp_path, failed.run_id)).has_result()
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [failed.run_id]
+
+
+def test_a_torn_journal_tail_is_set_aside_and_the_sweep_goes_on(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["sweep", "gamma", "--values", "0.3,0.5", "--strategy", "hp", "--profile", "smoke", "--subset",
+            str(SUBSET), "--epochs", "1", "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--quiet",
+            "--threads", "1"]  # fmt: skip
+    assert _run(argv, capsys)[0] == 0
+    journal = tmp_path / "study.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole[:-7])  # the last operation cut short, as a full disk leaves it
+    code, out, err = _run(argv, capsys)
+    assert code == 0, err
+    (warning,) = [line for line in err.splitlines() if "damaged" in line]
+    (aside,) = tmp_path.glob("study.journal.damaged-*")
+    assert str(journal) in warning and str(aside) in warning
+    assert aside.read_bytes() == whole[whole.rstrip(b"\n").rfind(b"\n") + 1 : -7]
+    assert "2 of 2 trials done" in out
+    assert _run(argv, capsys)[0] == 0  # and every later command reads it
+
+
+def test_repair_keeps_every_complete_line_and_leaves_a_whole_journal_alone(tmp_path: Path) -> None:
+    journal = tmp_path / "study.journal"
+    journal.write_bytes(b'{"op": 1}\n{"op": 2}\n')
+    assert repair_journal(journal) is None and journal.read_bytes() == b'{"op": 1}\n{"op": 2}\n'
+    journal.write_bytes(b'{"op": 1}\n{"op": 2\n{"op": 3}\n')  # a garbled line: it and all after it go aside
+    note = repair_journal(journal)
+    assert note is not None and "kept its 1 complete operations" in note
+    assert journal.read_bytes() == b'{"op": 1}\n'
+    assert next(tmp_path.glob("study.journal.damaged-*")).read_bytes() == b'{"op": 2\n{"op": 3}\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("postgresql://host:1/db?password=hunter2", "hunter2"),
+        ("postgresql://ann@host:1/db?sslmode=require&password=hunter2&x=1", "hunter2"),
+        ("error: cannot reach postgresql://ann:hunter2@db/x?PassWord=swordfish", "swordfish"),
+        ("postgresql://db/x?sslpassword=hunter2#frag", "hunter2"),
+    ],
+)
+def test_a_password_in_a_urls_query_string_is_masked(text: str, secret: str) -> None:
+    masked = mask_url(text)
+    assert secret not in masked and "hunter2" not in masked
+    assert masked.count("***") == text.count("hunter2") + text.count("swordfish")  # nothing else is touched
+
+
+def test_a_query_string_password_never_reaches_the_terminal(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, err = _run(["sweep", "gamma", "--values", "0.5", "--subset", str(SUBSET), "--data-dir",
+                              str(synthetic_root), "--out", str(tmp_path / "r"), "--storage",
+                              "postgresql://127.0.0.1:1/nowhere?user=ann&password=hunter2"], capsys)  # fmt: skip
+    assert code == 2 and "hunter2" not in err + stdout and "password=***" in err

@@ -7,7 +7,7 @@
 * `pool`: K local worker processes and the loop that watches them.
 """
 
-from dynhp_bench.sweep.pool import PoolOutcome, WorkerExit, check_data, run_pool, threads_per_worker
+from dynhp_bench.sweep.pool import PoolOutcome, WorkerExit, check_data, max_workers, run_pool
 from dynhp_bench.sweep.progress import GroupResult, Snapshot, TrialView, epochs_done, group_results, snapshot
 from dynhp_bench.sweep.spec import (
     COMPETITOR_SWEEPS,
@@ -56,6 +56,7 @@ __all__ = [
     "expand",
     "group_results",
     "mask_url",
+    "max_workers",
     "open_store",
     "parse_range",
     "parse_seeds",
@@ -65,6 +66,5 @@ __all__ = [
     "read_sweep_file",
     "run_pool",
     "snapshot",
-    "threads_per_worker",
     "work",
 ]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dynhp_bench
-from dynhp_bench.data import RAW_FILES, load_dataset, raw_folder, resolve_data_dir
+from dynhp_bench.data import RAW_FILES, check_dataset, load_dataset, raw_folder, resolve_data_dir
 from dynhp_bench.errors import DataError
 from dynhp_bench.sweep.progress import Snapshot, snapshot
 from dynhp_bench.sweep.spec import Sweep
@@ -26,6 +26,7 @@ from dynhp_bench.sweep.worker import WorkerPlan, open_studies
 
 POLL_S = 0.5
 STOP_WAIT_S = 15.0
+WORKER_MEMORY_BYTES = 570 * 2**20  # peak resident memory of one worker training MNIST (`bench --memory`)
 GRACE_S = 5.0  # a worker's clean stop (finish the step, fail the trial) before it is interrupted again
 
 
@@ -46,34 +47,44 @@ class PoolOutcome:
 
 
 def check_data(sweep: Sweep, data_dir: Path | None) -> None:
-    """Make sure every dataset the sweep trains on is there (downloading it if missing and online), and large enough
-    for the runs' ``subset``, before anything is written; the errors are the one-line `DataError`s of `train`."""
+    """Make sure every dataset the sweep trains on is there (downloading it if missing and online), whole and
+    consistent (`check_dataset`), and large enough for the runs' ``subset``, before anything is written; the errors
+    are the one-line `DataError`s of `train`."""
     root = resolve_data_dir(data_dir)
     for name in sorted({p.config.dataset for p in sweep.points}):
         folder = raw_folder(root, name)
         if not all((folder / f).is_file() for f in RAW_FILES):
             load_dataset(name, root)
+        n_train = check_dataset(name, root)
         subset = max((p.config.subset or 0) for p in sweep.points if p.config.dataset == name)
-        n_train = _idx_count(folder / RAW_FILES[0])
-        if n_train is not None and subset > n_train:
+        if subset > n_train:
             raise DataError(f"--subset={subset} is larger than the {n_train} training images of {name}")
 
 
-def _idx_count(path: Path) -> int | None:
-    """The item count in an IDX file's header (bytes 4-8, big-endian), or None when unreadable."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.read(8)
-    except OSError:
-        return None
-    return int.from_bytes(header[4:8], "big") if len(header) == 8 else None
-
-
-def threads_per_worker(workers: int, threads: int | None = None) -> int:
-    """Torch threads for each of `workers` processes: the cores (or `threads`) split between them, at least 1."""
+def max_workers() -> tuple[int, str]:
+    """The most local workers this machine runs well, and why: each needs a core and about `WORKER_MEMORY_BYTES`
+    (torch, the dataset and a run), so no more than twice the cores nor what the available memory holds."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    total = threads or cores
-    return max(1, total // workers)
+    available = _available_memory_bytes()
+    by_memory = available // WORKER_MEMORY_BYTES if available is not None else 2 * cores
+    bound = max(1, min(2 * cores, by_memory))
+    memory = f"{available / 2**30:.1f} GiB available" if available is not None else "memory unknown"
+    why = (
+        f"each worker needs about {WORKER_MEMORY_BYTES // 2**20} MiB and a share of the cores: "
+        f"{cores} core(s) allow {2 * cores}, {memory}"
+    )
+    return bound, why
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def run_pool(

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from dynhp_bench.results import EPOCHS_FILE, run_path
 from dynhp_bench.sweep.spec import ResolvedGroup
 from dynhp_bench.sweep.storage import FAILED_ATTR
-from dynhp_bench.sweep.worker import WorkerPlan, run_ids_of
+from dynhp_bench.sweep.worker import REUSED_ATTR, FinishedRuns, WorkerPlan, complete_search_trials, run_ids_of
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class TrialView:
     final_error_pct: float | None
     training_memory_mb: float | None
     note: str
+    reused_runs: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,18 @@ class Snapshot:
 
 
 def snapshot(plan: WorkerPlan, studies: dict[str, optuna.Study]) -> Snapshot:
-    """Read the studies once and count done / running / failed / left over the plan's groups."""
+    """Read the studies once and count done / running / failed / left over the plan's groups (a trial counts as
+    done only while its run folders hold their results)."""
     total = done = running = failed = 0
     running_runs: list[str] = []
     views: list[TrialView] = []
+    finished = FinishedRuns(plan.runtime.results_root)
     for group in plan.sweep.groups:
         grid = set(group.run_ids)
         group_trials = [t for t in studies[group.study].get_trials(deepcopy=False) if _belongs(t, group, grid)]
-        complete = {rid for t in group_trials if t.state == TrialState.COMPLETE for rid in run_ids_of(t)}
+        complete = {
+            rid for t in group_trials if t.state == TrialState.COMPLETE for rid in run_ids_of(t) if finished(rid)
+        }
         live = [t for t in group_trials if t.state == TrialState.RUNNING]
         total += group.size
         failed += sum(t.state == TrialState.FAIL for t in group_trials)
@@ -66,7 +71,7 @@ def snapshot(plan: WorkerPlan, studies: dict[str, optuna.Study]) -> Snapshot:
             done += sum(p.run_id in complete for p in group.points)
             running += len({rid for t in live for rid in run_ids_of(t)} - complete)
         else:
-            n_complete = sum(t.state == TrialState.COMPLETE for t in group_trials)
+            n_complete = len(complete_search_trials(group_trials, finished))
             done += min(n_complete, group.search.trials)
             running += min(len(live), max(group.search.trials - n_complete, 0))
         running_runs += [rid for t in live for rid in run_ids_of(t)]
@@ -159,6 +164,7 @@ def _view(group: ResolvedGroup, trial: FrozenTrial) -> TrialView:
         final_error_pct=attrs.get("final_error_pct"),
         training_memory_mb=attrs.get("training_memory_mb"),
         note=note,
+        reused_runs=int(attrs.get(REUSED_ATTR) or 0),
     )
 
 

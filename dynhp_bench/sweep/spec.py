@@ -11,6 +11,7 @@ float that ``--alpha-bs 0.972`` gives `train`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -21,13 +22,16 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from dynhp_bench.config import ALIASES, TrainConfig, resolve_config
+from dynhp_bench.config import ALIASES, MAX_SEED, TrainConfig, resolve_config
 from dynhp_bench.errors import SettingsError
 
 # The parameters a sweep may vary, with the type of their values.
 SWEEPABLE: dict[str, type] = {"lambda": float, "gamma": float, "alpha_bs": float, "batch_size": int}
 SAMPLERS = ("tpe", "random")
 MAX_POINTS = 10_000
+MAX_RUNS = 100_000  # points × seeds over every group: each is a resolved setting held in memory and in the plan
+MAX_PLACES = 12  # decimal places of a swept value or step (finer ones are no different as float settings)
+MAX_MAGNITUDE = 12  # powers of ten of a swept value or step (a batch size of 10¹² is already absurd)
 GROUP_KEYS = ("name", "param", "range", "values", "seeds", "trials", "sampler", "settings")
 SWEEP_KEYS = ("name", "description", "seeds")
 # The sweep files of the paper's tables and figures (`reproduce` runs them all), beside the package in a checkout.
@@ -59,6 +63,7 @@ class Group:
     settings: Mapping[str, Any] = field(default_factory=dict)
     seeds: tuple[int, ...] | None = None
     search: Search | None = None
+    origin: str = ""  # where the values were typed (e.g. "--values='0,1'"), named when one is refused
 
 
 @dataclass(frozen=True)
@@ -173,18 +178,26 @@ def parse_values(param: str, values: str | Sequence[Any]) -> tuple[Decimal, ...]
 
 
 def parse_seeds(seeds: str | Sequence[Any]) -> tuple[int, ...]:
-    """Parse ``0,1,2`` (or a TOML array) into distinct seeds ≥ 0."""
+    """Parse ``0,1,2`` (or a TOML array) into distinct seeds from 0 to `MAX_SEED`, at most `MAX_POINTS` of them."""
+    if not isinstance(seeds, str | list | tuple):
+        raise SettingsError(f"seeds={seeds!r} is not valid; expected a list like 0,1,2 (in a file: [0, 1, 2])")
     items = [s.strip() for s in seeds.split(",") if s.strip()] if isinstance(seeds, str) else list(seeds)
+    if len(items) > MAX_POINTS:
+        raise SettingsError(f"{len(items)} seeds given; expected at most {MAX_POINTS}")
     parsed: list[int] = []
+    seen: set[int] = set()
     for item in items:
-        if isinstance(item, str) and item.isdigit():
+        if isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= 10:  # int() takes "٣", "²"
             seed = int(item)
-        elif isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        elif isinstance(item, int) and not isinstance(item, bool):
             seed = item
         else:
-            raise SettingsError(f"seed {item!r} is not valid; expected integers ≥ 0 like 0,1,2")
-        if seed in parsed:
+            raise SettingsError(f"seed {item!r} is not valid; expected integers from 0 to {MAX_SEED} like 0,1,2")
+        if not 0 <= seed <= MAX_SEED:
+            raise SettingsError(f"seed {seed} is not valid; expected integers from 0 to {MAX_SEED} like 0,1,2")
+        if seed in seen:
             raise SettingsError(f"seed {seed} is listed twice; expected each seed once")
+        seen.add(seed)
         parsed.append(seed)
     if not parsed:
         raise SettingsError("no seeds given; expected a list like 0,1,2")
@@ -239,7 +252,7 @@ def read_sweep_file(path: Path) -> SweepSpec:
         raise SettingsError(
             f"sweep file {str(path)!r} does not exist; expected a TOML file like sweeps/NAME.toml"
         ) from None
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SettingsError(f"sweep file {str(path)!r} is not valid TOML: {exc}") from None
     where = f"sweep file {str(path)!r}"
     _only_keys(data, ("sweep", "groups"), where)
@@ -306,6 +319,11 @@ def expand(
     `seeds` (the command line's) replaces the groups' and the file's seeds.
     """
     given = {setting_name(k): v for k, v in (overrides or {}).items() if v is not None}
+    runs = sum(len(g.values) * len(seeds or g.seeds or spec.seeds) for g in spec.groups)
+    if runs > MAX_RUNS:
+        raise SettingsError(
+            f"sweep {spec.name!r} has {runs} runs (points × seeds over its groups); expected at most {MAX_RUNS}"
+        )
     groups: list[ResolvedGroup] = []
     for group in spec.groups:
         try:
@@ -313,7 +331,7 @@ def expand(
                 raise SettingsError(f"{_flag(group.param)} is the swept parameter; it cannot also be fixed")
             group_seeds = seeds or group.seeds or spec.seeds
             points = tuple(
-                Point(value, seed, _resolve(group, value, seed, given, settings_file))
+                Point(value, seed, _resolve_point(group, value, seed, given, settings_file))
                 for value in group.values
                 for seed in group_seeds
             )
@@ -343,9 +361,20 @@ def command_line_spec(
 ) -> SweepSpec:
     """The one-group sweep that ``dynhp-bench sweep PARAM …`` describes; its default name is stable per sweep."""
     group_name = "-".join(str(settings.get(k, getattr(TrainConfig, k))) for k in ("dataset", "strategy"))
-    group = make_group(
-        name=group_name, param=param, range_text=range_text, values=values, settings={}, trials=trials, sampler=sampler
-    )
+    try:
+        group = make_group(
+            name=group_name, param=param, range_text=range_text, values=values, settings={}, trials=trials,
+            sampler=sampler,
+        )  # fmt: skip
+    except SettingsError as exc:  # name the flag the text came from, as typed
+        message = str(exc)
+        if message.startswith("range "):
+            message = "--range=" + message.removeprefix("range ")
+        elif values is not None and range_text is None:
+            message = f"--values={values!r}: {message}"
+        raise SettingsError(message) from None
+    origin = f"--range={range_text!r}" if range_text is not None else f"--values={values!r}"
+    group = dataclasses.replace(group, origin=origin)
     if name is None:
         described = {
             "param": param,
@@ -364,6 +393,18 @@ def value_setting(param: str, value: Decimal) -> int | float:
     return int(value) if SWEEPABLE[param] is int else float(value)
 
 
+def _resolve_point(
+    group: Group, value: Decimal, seed: int, given: Mapping[str, Any], settings_file: Path | None
+) -> TrainConfig:
+    """A point's settings; a swept value the settings refuse is named with where it was typed."""
+    try:
+        return _resolve(group, value, seed, given, settings_file)
+    except SettingsError as exc:
+        if group.origin and _flag(group.param) in str(exc):
+            raise SettingsError(f"{group.origin} gives {group.param}={value}: {exc}") from None
+        raise
+
+
 def _resolve(
     group: Group, value: Decimal, seed: int, given: Mapping[str, Any], settings_file: Path | None
 ) -> TrainConfig:
@@ -379,7 +420,7 @@ def _kind(param: str) -> type:
 
 def _decimal(param: str, raw: Any, *, what: str) -> Decimal:
     kind = SWEEPABLE[param]
-    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float) or (isinstance(raw, str) and not raw.isascii()):
         raise SettingsError(f"{what}: {raw!r} is not a number; expected {kind.__name__} values for {param}")
     try:
         value = Decimal(str(raw).strip())
@@ -389,9 +430,23 @@ def _decimal(param: str, raw: Any, *, what: str) -> Decimal:
         ) from None
     if not value.is_finite():
         raise SettingsError(f"{what}: {raw!r} is not finite; expected a number for {param}")
+    if value != 0 and (value.adjusted() > MAX_MAGNITUDE or _places(value) > MAX_PLACES):
+        raise SettingsError(
+            f"{what}: {str(raw).strip()!r} is out of bounds; expected at most {MAX_PLACES} decimal places and "
+            f"magnitude below 1e{MAX_MAGNITUDE + 1} for {param}"
+        )
     if kind is int and value != value.to_integral_value():
         raise SettingsError(f"{what}: {raw!r} is not a whole number; expected integers for {param}")
     return value if kind is float else Decimal(int(value))
+
+
+def _places(value: Decimal) -> int:
+    """Decimal places of `value`, trailing zeros not counted (0.500 has 1)."""
+    _, digits, exponent = value.as_tuple()
+    if not isinstance(exponent, int):
+        return 0
+    zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
+    return max(-(exponent + zeros), 0)
 
 
 def _exponent(value: Decimal) -> int:

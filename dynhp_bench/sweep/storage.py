@@ -19,10 +19,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import socket
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from dynhp_bench.errors import StorageError
@@ -79,9 +81,15 @@ class WorkerTag:
         return {"id": self.id, "host": self.host, "pid": self.pid}
 
 
+_USERINFO_PASSWORD = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^\s/?#]*@")
+# libpq and SQLAlchemy take a password as a query parameter too: ?password=…, &sslpassword=…
+_QUERY_PASSWORD = re.compile(r"(?P<keep>[?&;][^=&#\s]*(?:password|passwd|pwd)[^=&#\s]*=)[^&#\s]*", re.IGNORECASE)
+
+
 def mask_url(text: str) -> str:
-    """`text` with any password in ``scheme://user:password@host`` replaced by ``***``."""
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@]*:)(.*)@", r"\1***@", text)
+    """`text` with every password in it replaced by ``***``: in ``scheme://user:password@host`` and in a query
+    parameter such as ``?password=…`` (anywhere in the text, so a URL inside an error message is masked too)."""
+    return _QUERY_PASSWORD.sub(r"\g<keep>***", _USERINFO_PASSWORD.sub(r"\g<keep>***@", text))
 
 
 def parse_storage(text: str | None, results_root: Path) -> StorageTarget:
@@ -117,6 +125,50 @@ def engine_url(url: str) -> str:
     """The URL SQLAlchemy connects with: plain ``postgresql://`` names the psycopg 3 driver explicitly."""
     scheme, rest = url.split("://", 1)
     return f"{DEFAULT_DRIVER}://{rest}" if scheme.lower() == "postgresql" else url
+
+
+def repair_journal(journal: Path) -> str | None:
+    """Set aside a damaged tail of a journal (what a full disk or a power loss leaves: a line cut short or garbled),
+    keeping every complete line before it; return a one-line note saying so, or None when the journal is whole.
+
+    The tail moves to ``JOURNAL.damaged-TIMESTAMP`` beside the journal, so nothing is lost; the operations it held
+    (at most the last one or two) are replayed by the sweep: their trials are claimed again. Optuna's own journal
+    lock is held meanwhile, so no process appends while the tail is cut.
+    """
+    if not journal.is_file():
+        return None
+    lock = JournalFileSymlinkLock(str(journal))
+    lock.acquire()
+    try:
+        data = journal.read_bytes()
+        good = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n") or not _is_json_object(line):
+                break
+            good += len(line)
+        if good == len(data):
+            return None
+        aside = journal.with_name(f"{journal.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        aside.write_bytes(data[good:])
+        with journal.open("r+b") as handle:
+            handle.truncate(good)
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        raise StorageError(f"study journal {journal} cannot be repaired: {exc.strerror or exc}") from None
+    finally:
+        lock.release()
+    kept = data[:good].count(b"\n")
+    return (
+        f"study journal {journal}: its last {len(data) - good} bytes were damaged (a write cut short); kept its "
+        f"{kept} complete operations and moved the rest to {aside}"
+    )
+
+
+def _is_json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def check_storage(target: StorageTarget) -> None:
@@ -199,6 +251,7 @@ class JournalStore(Store):
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        repair_journal(path)  # the command repaired it and said so; this covers a tail damaged since
         super().__init__(JournalStorage(JournalFileBackend(str(path))), str(path))
         self.locks = path.with_name(path.name + ".locks")
         self.locks.mkdir(exist_ok=True)
@@ -319,7 +372,10 @@ def open_store(target: StorageTarget, *, heartbeat_s: int = DEFAULT_HEARTBEAT_S)
         except Exception as exc:  # SQLAlchemy and the driver raise many types; the message is what matters
             raise StorageError(f"cannot open the study storage {target.shown}: {_scrub(exc, target.url)}") from None
     assert target.journal is not None
-    return JournalStore(target.journal)
+    try:
+        return JournalStore(target.journal)
+    except OSError as exc:
+        raise StorageError(f"cannot open the study journal {target.journal}: {exc.strerror or exc}") from None
 
 
 def _lock_key(name: bytes) -> int:

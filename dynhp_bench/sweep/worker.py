@@ -1,12 +1,18 @@
 """The worker loop: claim the next point through the study storage, train it with `train`, report it, repeat.
 
-A grid point is finished when its group's study holds a COMPLETE trial for its run id. Under the storage's claim
-lock a worker fails the trials of dead workers, then takes the first point that is neither finished nor RUNNING
-anywhere in the plan: it enqueues the point as a WAITING trial and pops it with `ask()` (atomic in both storages),
-tags it with its worker id and releases the lock. So each point is trained by one worker at a time and ends with
-exactly one COMPLETE trial; a point whose worker died is failed and claimed again, and `train` continues its
-unfinished run folder from the last checkpoint (from scratch if none was written yet). Workers that find nothing
-to claim wait while other trials run (one of them may still die) and stop when every group is finished.
+A grid point is finished when its group's study holds a COMPLETE trial for its run id and its run folder holds a
+result (COMPLETE marker and a readable summary), checked at every claim: a deleted or damaged run is trained again.
+Under the storage's claim lock a worker fails the trials of dead workers, then takes the first point that is neither
+finished nor RUNNING anywhere in the plan: it enqueues the point as a WAITING trial and pops it with `ask()` (atomic
+in both storages), tags it with its worker id and releases the lock. So each point is trained by one worker at a
+time and ends with one COMPLETE trial (one more each time its finished run folder had to be trained again); a point
+whose worker died is failed and claimed again, and `train` continues its unfinished run folder from the last
+checkpoint (from scratch if none was written yet). Workers that find nothing to claim wait while other trials run
+(one of them may still die) and stop when every group is finished.
+
+A search group first retrains the values of its failed (or no longer complete) trials, then asks the sampler for
+new ones. A trial that failed because of its data is failed for good for the rest of this sweep command (no worker
+claims it again; the next command, after the data is fixed, does).
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from dynhp_bench.config import TrainConfig
-from dynhp_bench.errors import SettingsError
+from dynhp_bench.errors import DataError, SettingsError
+from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.sweep.spec import Point, ResolvedGroup, Search, Sweep, value_setting
 from dynhp_bench.sweep.storage import (
     DEFAULT_HEARTBEAT_S,
@@ -32,7 +40,6 @@ from dynhp_bench.sweep.storage import (
     WORKER_ATTR,
     StorageTarget,
     Store,
-    file_lock,
     open_store,
 )
 from dynhp_bench.train import Runtime, train
@@ -40,8 +47,9 @@ from dynhp_bench.train import Runtime, train
 POLL_S = 1.0
 DONE = "done"
 WAIT = "wait"
-RUN_LOCKS = ".locks"
+FOR_GOOD_ATTR = "failed_for_good_in"  # the sweep command (its session id) in which a trial failed because of its data
 RESULT_ATTRS = ("final_error_pct", "training_memory_mb", "model_size_mb")
+REUSED_ATTR = "reused_runs"  # runs of the trial found complete in the results folder, not trained again
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,7 @@ class WorkerPlan:
     storage: StorageTarget
     runtime: Runtime
     heartbeat_s: int = DEFAULT_HEARTBEAT_S
+    session: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # one sweep command and its workers
 
     def to_json(self) -> str:
         """The plan as JSON (it holds the storage URL with its password: pass it on a pipe, never print it)."""
@@ -74,9 +83,11 @@ class WorkerPlan:
                     "data_dir": None if runtime.data_dir is None else str(runtime.data_dir),
                     "results_root": str(runtime.results_root),
                     "threads": runtime.threads,
+                    "workers": runtime.workers,
                     "device": runtime.device,
                 },
                 "heartbeat_s": self.heartbeat_s,
+                "session": self.session,
             }
         )
 
@@ -106,9 +117,11 @@ class WorkerPlan:
                 data_dir=None if runtime["data_dir"] is None else Path(runtime["data_dir"]),
                 results_root=Path(runtime["results_root"]),
                 threads=runtime["threads"],
+                workers=runtime["workers"],
                 device=runtime["device"],
             ),
             heartbeat_s=int(data["heartbeat_s"]),
+            session=str(data.get("session", "")),
         )
 
 
@@ -160,7 +173,7 @@ def work(plan: WorkerPlan, *, poll_s: float = POLL_S) -> int:
                 with store.claim_lock():
                     claim = claim_next(plan, studies, store)
                 if isinstance(claim, Claim):
-                    run_claim(claim, plan.runtime, store)
+                    run_claim(claim, plan.runtime, store, session=plan.session)
                     ran += 1
                 elif claim == DONE:
                     return ran
@@ -176,38 +189,92 @@ def claim_next(plan: WorkerPlan, studies: dict[str, optuna.Study], store: Store)
         store.reap(study)
     trials = {name: study.get_trials(deepcopy=False) for name, study in studies.items()}
     running = {rid for ts in trials.values() for t in ts if t.state == TrialState.RUNNING for rid in run_ids_of(t)}
+    failed_for_good = {
+        rid for ts in trials.values() for t in ts if failed_for_good_in(t, plan.session) for rid in run_ids_of(t)
+    }
+    finished = FinishedRuns(plan.runtime.results_root)
     unfinished = False
     for group in plan.sweep.groups:
         study, group_trials = studies[group.study], trials[group.study]
         if group.search is None:
             done = {rid for t in group_trials if t.state == TrialState.COMPLETE for rid in run_ids_of(t)}
             for point in group.points:
-                if point.run_id in done:
+                if (point.run_id in done and finished(point.run_id)) or point.run_id in failed_for_good:
                     continue
                 unfinished = True
                 if point.run_id not in running:
-                    return _claim_point(study, group, point, store)
+                    return _claim_enqueued(study, group, point.value, [point], store)
         else:
-            complete = sum(t.state == TrialState.COMPLETE for t in group_trials)
+            complete = complete_search_trials(group_trials, finished)
             active = sum(t.state == TrialState.RUNNING for t in group_trials)
-            if complete >= group.search.trials:
+            if len(complete) >= group.search.trials:
                 continue
             unfinished = True
-            if complete + active < group.search.trials:
+            if len(complete) + active < group.search.trials:
+                retry = _values_to_retrain(group, group_trials, complete, running | failed_for_good)
+                if retry is not None:
+                    points = [p for p in group.points if p.value == retry]
+                    return _claim_enqueued(study, group, retry, points, store)
                 return _claim_search(study, group, store)
     return WAIT if unfinished else DONE
 
 
-def run_claim(claim: Claim, runtime: Runtime, store: Store) -> None:
+class FinishedRuns:
+    """Whether a run folder holds a result (COMPLETE and a readable summary), each folder read once per claim."""
+
+    def __init__(self, results_root: Path) -> None:
+        self.results_root = Path(results_root)
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, run_id: str) -> bool:
+        if run_id not in self.seen:
+            self.seen[run_id] = RunFolder(run_path(self.results_root, run_id)).has_result()
+        return self.seen[run_id]
+
+
+def complete_search_trials(trials: list[FrozenTrial], finished: FinishedRuns) -> list[FrozenTrial]:
+    """A search group's COMPLETE trials whose runs all still hold their results."""
+    return [t for t in trials if t.state == TrialState.COMPLETE and all(finished(r) for r in run_ids_of(t))]
+
+
+def failed_for_good_in(trial: FrozenTrial, session: str) -> bool:
+    """Whether `trial` failed because of its data during sweep command `session` (not to be claimed again in it)."""
+    return trial.state == TrialState.FAIL and trial.user_attrs.get(FOR_GOOD_ATTR) == session
+
+
+def _values_to_retrain(
+    group: ResolvedGroup, trials: list[FrozenTrial], complete: list[FrozenTrial], excluded: set[str]
+) -> Decimal | None:
+    """The first value a search drew whose trial failed or lost its runs, not done since nor running now."""
+    done = {str(t.user_attrs.get("value")) for t in complete}
+    for trial in trials:
+        value = trial.user_attrs.get("value")
+        if trial.state not in (TrialState.FAIL, TrialState.COMPLETE) or value is None or str(value) in done:
+            continue
+        if any(rid in excluded for rid in run_ids_of(trial)):
+            continue
+        matches = [p.value for p in group.points if str(p.value) == str(value)]
+        if matches:
+            return matches[0]
+    return None
+
+
+def run_claim(claim: Claim, runtime: Runtime, store: Store, *, session: str = "") -> None:
     """Train the claimed runs and report the trial: COMPLETE with the final error, or FAIL with the error."""
     summaries = []
+    reused = 0
     with store.heartbeat(claim.trial):
         try:
             for point in claim.points:
-                # Two search trials may draw the same point: one trains it, the other then finds it complete.
-                with file_lock(Path(runtime.results_root) / RUN_LOCKS / f"{point.run_id}.lock"):
-                    summaries.append(train(point.config, runtime).summary)
+                # Two search trials may draw the same point: one trains it (holding the run folder's writer lock),
+                # the other waits for the lock, then finds it complete.
+                result = train(point.config, runtime, wait=True)
+                summaries.append(result.summary)
+                reused += result.skipped
         except BaseException as exc:  # an interrupt or an error: the trial fails, its point is claimed again
+            if isinstance(exc, DataError):  # training it again fails the same way until the data is fixed
+                with contextlib.suppress(Exception):
+                    claim.trial.set_user_attr(FOR_GOOD_ATTR, session)
             _finish_quietly(
                 claim, "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
             )
@@ -217,6 +284,7 @@ def run_claim(claim: Claim, runtime: Runtime, store: Store) -> None:
     with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError, ValueError):
         for key in RESULT_ATTRS:
             claim.trial.set_user_attr(key, sum(s[key] for s in summaries) / len(summaries))
+        claim.trial.set_user_attr(REUSED_ATTR, reused)
         claim.study.tell(claim.trial, sum(s["final_error_pct"] for s in summaries) / len(summaries))
 
 
@@ -227,19 +295,26 @@ def run_ids_of(trial: FrozenTrial) -> list[str]:
     return list(trial.user_attrs.get("run_ids", []))
 
 
-def _claim_point(study: optuna.Study, group: ResolvedGroup, point: Point, store: Store) -> Claim:
-    attrs = {"run_id": point.run_id, "group": group.name, "value": str(point.value), "seed": point.seed}
-    study.enqueue_trial({group.param: value_setting(group.param, point.value)}, user_attrs=attrs)
+def _claim_enqueued(
+    study: optuna.Study, group: ResolvedGroup, value: Decimal, points: list[Point], store: Store
+) -> Claim:
+    """Claim exactly `points` (a grid point, or a search value to train again) through the study's queue."""
+    attrs: dict[str, Any] = {"group": group.name, "value": str(value)}
+    if group.search is None:
+        attrs |= {"run_id": points[0].run_id, "seed": points[0].seed}
+    else:
+        attrs["run_ids"] = [p.run_id for p in points]
+    study.enqueue_trial({group.param: value_setting(group.param, value)}, user_attrs=attrs)
     while True:
         trial = _ask(study)
-        if trial.user_attrs.get("run_id") == point.run_id:
+        if run_ids_of(trial) == [p.run_id for p in points]:
             break
         # A queue entry left by a worker that stopped between enqueueing and popping it: retire it.
         trial.set_user_attr(FAILED_ATTR, "left in the queue by a worker that stopped")
         study.tell(trial, state=TrialState.FAIL)
-    _suggest(trial, group, point.value)
+    _suggest(trial, group, value)
     _tag(trial, store)
-    return Claim(group, study, trial, [point])
+    return Claim(group, study, trial, points)
 
 
 def _claim_search(study: optuna.Study, group: ResolvedGroup, store: Store) -> Claim:

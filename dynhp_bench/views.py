@@ -1,0 +1,375 @@
+"""How things look in the terminal: the live progress displays (a training run's epochs, a sweep's trials) and the
+rich tables every command prints. Commands in `cli.py` hand these their data; nothing here decides anything."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, Progress, ProgressColumn, TaskID, TextColumn
+from rich.table import Column, Table
+
+from dynhp_bench import report
+from dynhp_bench.baseline import Verdict
+from dynhp_bench.bench import Target
+from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord, to_mb
+from dynhp_bench.sweep import Snapshot, TrialView, WorkerPlan, epochs_done, group_results
+
+# Tables are wide: off a terminal (logs, CI) rich would wrap them at 80 columns.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+BAR_WIDTH = 16
+
+
+def clock(seconds: float) -> str:
+    """Seconds as h:mm:ss (wall times, time left)."""
+    if not math.isfinite(seconds):
+        return "-:--:--"
+    whole = max(round(seconds), 0)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def _columns(*, label_width: int, count_width: int) -> tuple[ProgressColumn, ...]:
+    """Label, bar, count, then a status that alone is cut short on a narrow terminal (the others never are)."""
+    return (
+        TextColumn("{task.description}", table_column=Column(no_wrap=True, min_width=label_width)),
+        BarColumn(bar_width=BAR_WIDTH, table_column=Column(no_wrap=True, min_width=BAR_WIDTH)),
+        TextColumn("{task.fields[count]}", table_column=Column(no_wrap=True, min_width=count_width)),
+        TextColumn("{task.fields[status]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+    )
+
+
+class EpochProgress:
+    """On a terminal: a bar over epochs (elapsed and time left) above a bar over the current epoch's images
+    (last epoch's error, batch size, model size). Elsewhere (logs, CI): one plain line per epoch."""
+
+    def __init__(self, epochs: int, *, enabled: bool, header: str = "", console: Console | None = None) -> None:
+        self.console = console or err_console
+        self.header = header  # printed once training has started, so that an error before it is one line alone
+        self.epochs = epochs
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.progress = Progress(*_columns(label_width=6, count_width=13), console=self.console, disable=not self.live)
+        self.epoch_task = self.progress.add_task("epoch", total=epochs, count=f"0/{epochs}", status="")
+        self.step_task = self.progress.add_task("images", total=None, count="", status="")
+        self.started = time.monotonic()
+        self.done = 0  # epochs finished in this command (a resumed run starts part-way)
+        self.first: int | None = None
+
+    def __enter__(self) -> EpochProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def _times(self, epochs_done: float) -> str:
+        elapsed = time.monotonic() - self.started
+        left = elapsed / epochs_done * (self.epochs - (self.first or 1) + 1 - epochs_done) if epochs_done else math.nan
+        return f"left {clock(left)} · elapsed {clock(elapsed)}"
+
+    def _start(self, epoch: int) -> None:
+        if self.first is None:
+            self.first = epoch
+            if self.header:
+                self.console.print(self.header, highlight=False, soft_wrap=True)
+
+    def step(self, epoch: int, images_done: int, images_total: int) -> None:
+        """Progress within an epoch (the trainer calls this every half second or so)."""
+        self._start(epoch)
+        if not self.live:
+            return
+        fraction = images_done / max(images_total, 1)
+        self.progress.update(self.step_task, total=images_total, completed=images_done,
+                             count=f"{images_done:,}/{images_total:,}")  # fmt: skip
+        self.progress.update(self.epoch_task, status=self._times(self.done + fraction))
+
+    def update(self, record: EpochRecord) -> None:
+        """One finished epoch."""
+        self._start(record.epoch)
+        self.done += 1
+        status = (
+            f"error {record.test_error_pct:.2f}% · batch {record.batch_size:,} · model {record.model_size_mb:.3f} MB"
+        )
+        if self.live:
+            self.progress.update(self.epoch_task, completed=record.epoch, count=f"{record.epoch}/{self.epochs}",
+                                 status=self._times(self.done))  # fmt: skip
+            self.progress.update(self.step_task, completed=0, count="", status=status)
+        elif self.enabled:
+            self.console.print(
+                f"epoch {record.epoch}/{self.epochs}  {status}  memory {record.memory_mb:.3f} MB  "
+                f"{record.wall_s:.1f} s/epoch",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+def print_run_summary(summary: dict[str, Any], run_dir: Path, *, console: Console | None = None) -> None:
+    """A finished run's key numbers, one per row."""
+    table = Table(title=summary.get("run_id"), show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    rows = [
+        ("final error", f"{summary['final_error_pct']:.2f} %"),
+        ("best error", f"{summary['best_error_pct']:.2f} % (epoch {summary['best_epoch']})"),
+        ("model size", f"{summary['model_size_mb']:.3f} MB  ({summary['model_bytes']:,} bytes)"),
+        (
+            "training memory",
+            f"{summary['training_memory_mb']:.3f} {TRAINING_MEMORY_UNIT} over {summary['epochs']} epochs "
+            f"(mean {summary['mean_memory_mb']:.3f} MB per epoch)",
+        ),
+        ("batch size", f"{summary['batch_size_initial']:,} → {summary['batch_size_final']:,}"),
+        ("active neurons", " / ".join(str(a) for a in summary["active_final"])),
+        ("wall time", clock(summary["wall_s"])),
+        ("peak resident memory", f"{to_mb(summary['peak_rss_bytes']):.1f} MB"),
+        ("run folder", str(run_dir)),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    (console or out_console).print(table)
+
+
+class SweepProgress:
+    """On a terminal: a bar over trials (running, failed, left, time left) above one epoch bar per running run.
+    Everywhere: a plain line per finished trial."""
+
+    def __init__(self, plan: WorkerPlan, *, enabled: bool, console: Console | None = None) -> None:
+        self.plan = plan
+        self.console = console or err_console
+        self.enabled = enabled
+        self.live = enabled and self.console.is_terminal
+        self.epochs = {p.run_id: p.config.epochs for p in plan.sweep.points}
+        self.progress = Progress(*_columns(label_width=6, count_width=7), console=self.console, disable=not self.live)
+        self.trials_task = self.progress.add_task("trials", total=None, count="", status="")
+        self.run_tasks: dict[str, TaskID] = {}
+        self.seen: set[tuple[str, int]] | None = None
+        self.finished = 0
+        self.done_before = 0
+        self.started = time.monotonic()
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def update(self, snap: Snapshot) -> None:
+        """Where the sweep stands now (the pool calls this every second or so)."""
+        finished = [t for t in snap.trials if t.state in ("COMPLETE", "FAIL")]
+        if self.seen is None:  # trials finished before this command started
+            self.seen = {(t.study, t.number) for t in finished}
+            self.finished = self.done_before = snap.done
+            if snap.done and self.enabled:
+                self.console.print(f"resuming: {snap.done} of {snap.total} trials already done", soft_wrap=True)
+        for trial in finished:
+            if (trial.study, trial.number) not in self.seen:
+                self.seen.add((trial.study, trial.number))
+                self.finished += int(trial.state == "COMPLETE")
+                if self.enabled:
+                    line = trial_line(trial, self.finished, snap.total)
+                    self.console.print(line, highlight=False, soft_wrap=True)
+        if not self.live:
+            return
+        elapsed = time.monotonic() - self.started
+        here = snap.done - self.done_before  # trials finished by this command: the pace of what is left
+        left = elapsed / here * (snap.total - snap.done) if here > 0 else math.nan
+        status = f"left {clock(left)} · elapsed {clock(elapsed)} · running {snap.running}"
+        if snap.failed:
+            status += f" · failed {snap.failed}"
+        self.progress.update(self.trials_task, total=snap.total, completed=snap.done,
+                             count=f"{snap.done}/{snap.total}", status=status)  # fmt: skip
+        root = self.plan.runtime.results_root
+        running = set(snap.running_runs)
+        for run_id in list(self.run_tasks):
+            if run_id not in running:
+                self.progress.remove_task(self.run_tasks.pop(run_id))
+        for run_id in running:
+            if run_id not in self.run_tasks:
+                self.run_tasks[run_id] = self.progress.add_task(
+                    "  run", total=self.epochs.get(run_id), count="", status=run_id
+                )
+            done = epochs_done(root, run_id)
+            self.progress.update(self.run_tasks[run_id], completed=done, count=f"{done}/{self.epochs.get(run_id)}")
+
+
+def trial_line(trial: TrialView, count: int, total: int) -> str:
+    """One finished trial: what it ran and its result, or why it failed."""
+    what = f"{trial.group}: {trial.param}={trial.value}" + ("" if trial.seed is None else f" seed {trial.seed}")
+    runs = ", ".join(trial.run_ids)
+    if trial.state == "COMPLETE" and trial.final_error_pct is not None:
+        reused = ""
+        if trial.reused_runs:
+            reused = (
+                "  (reused: already complete)"
+                if trial.reused_runs == len(trial.run_ids)
+                else (f"  ({trial.reused_runs} of {len(trial.run_ids)} runs reused: already complete)")
+            )
+        return (
+            f"trial {count}/{total} complete  {what}  error {trial.final_error_pct:.2f} %  "
+            f"training memory {trial.training_memory_mb:.4f} {TRAINING_MEMORY_UNIT}  {runs}{reused}"
+        )
+    return f"trial failed  {what}  {runs}: {trial.note or 'no reason recorded'}; its point is claimed again"
+
+
+def print_sweep_summary(plan: WorkerPlan, snap: Snapshot, *, console: Console | None = None) -> None:
+    """Per group: trials done, the best value by error (ties named) and by training memory."""
+    table = Table(title=f"sweep {plan.sweep.name}: {snap.done} of {snap.total} trials done", box=box.SIMPLE_HEAD)
+    table.add_column("group (dataset)", no_wrap=True)
+    table.add_column("done", no_wrap=True)
+    table.add_column("best error")
+    table.add_column(f"least training memory ({TRAINING_MEMORY_UNIT})")
+    for result in group_results(plan, snap):
+        group = result.group
+        best, least = result.best_error, result.least_memory
+        best_text = "—"
+        if best is not None:
+            tied = [p.value for p in result.points if round(p.final_error_pct, 2) == round(best.final_error_pct, 2)]
+            best_text = f"{group.param}={best.value}: {best.final_error_pct:.2f} %"
+            if len(tied) > 1:
+                best_text += f" (tie: {', '.join(sorted(tied))})"
+        dataset = group.points[0].config.dataset if group.points else ""
+        table.add_row(
+            f"{group.name} ({dataset})" if dataset else group.name,
+            f"{result.done}/{group.size}",
+            best_text,
+            "—" if least is None else f"{group.param}={least.value}: {least.training_memory_mb:.4f}",
+        )
+    console = console or out_console
+    console.print(table)
+    studies = ", ".join(g.study for g in plan.sweep.groups)
+    console.print(
+        f"runs in {Path(plan.runtime.results_root) / 'runs'}; studies {studies} in {plan.storage.shown}", soft_wrap=True
+    )
+
+
+def _fmt(value: object, digits: int) -> str:
+    return "missing" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def print_paper_table(table: pd.DataFrame, dataset: str, *, console: Console | None = None) -> None:
+    """Our values beside the paper's, compact enough for 80 columns (the Δ% columns are in the CSV and Markdown)."""
+    epochs = sorted({int(e) for e in table["epochs"].dropna()})
+    seeds = sorted({int(e) for e in table["seeds"].dropna()})
+    runs = f"{'/'.join(map(str, epochs)) or '–'} epochs, {'/'.join(map(str, seeds)) or '–'} seed(s)"
+    view = Table(
+        title=f"Table {report.TABLE_NUMBER[dataset]}: {report.DATASET_NAMES[dataset]} ({runs}; paper: 2,000 epochs)",
+        caption=f"training memory in {TRAINING_MEMORY_UNIT}, ours scaled to 2,000 epochs",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+    )
+    headers = ("method", "batch\n/ α_bs", "error\n%", "paper", "ours −\npaper", "model\nMB", "paper",
+               "training\nmemory", "paper")  # fmt: skip
+    for column in headers:
+        view.add_column(column, justify="right", no_wrap=True)
+    for row in table.itertuples():
+        config = (
+            f"{row.alpha_bs:.3f}" if row.alpha_bs is not None and not pd.isna(row.alpha_bs) else str(row.batch_size)
+        )
+        minus = row.error_minus_paper
+        view.add_row(
+            row.method, config, _fmt(row.error_pct, 2), f"{row.paper_error_pct:.2f}",
+            "" if pd.isna(minus) else f"{minus:+.2f}",
+            _fmt(row.model_size_mb, 3), f"{row.paper_model_size_mb:.3f}",
+            _fmt(row.training_memory_at_2000_mb, 3), f"{row.paper_training_memory_mb:.3f}",
+        )  # fmt: skip
+    (console or out_console).print(view)
+
+
+def print_configurations(configs: pd.DataFrame, *, console: Console | None = None) -> None:
+    """Every configuration found, mean over its seeds."""
+    view = Table(
+        title="Configurations (mean over seeds)",
+        caption=f"training memory in {TRAINING_MEMORY_UNIT}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 0),
+    )
+    for column in ("dataset", "strategy", "batch", "α_bs", "profile", "epochs", "seeds", "error\n%", "model\nMB",
+                   "training\nmemory"):  # fmt: skip
+        view.add_column(column, justify="right", no_wrap=True)
+    for row in configs.itertuples():
+        view.add_row(
+            row.dataset, row.strategy, str(row.batch_size), "" if row.alpha_bs is None else f"{row.alpha_bs:g}",
+            row.profile, str(row.epochs), str(row.seeds), f"{row.final_error_pct:.2f}", f"{row.model_size_mb:.3f}",
+            f"{row.training_memory_mb:.3f}",
+        )  # fmt: skip
+    (console or out_console).print(view)
+
+
+def print_bench(frame: pd.DataFrame, *, dataset: str, peak_gflops: float, checks: list[Target]) -> None:
+    """The bench table (seconds per epoch per case) and whether each speed target holds."""
+    table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s")
+    for column in ("case", "batch", "weights", "s/epoch", "FLOP limit s", "× plain", "× FLOP limit"):
+        table.add_column(column, justify="right")
+    for row in frame.itertuples():
+        table.add_row(
+            row.case, str(row.batch_size), f"{row.weights:,}", f"{row.epoch_s:.3f}", f"{row.flop_limit_s:.3f}",
+            f"{row.vs_plain:.2f}", f"{row.vs_flop_limit:.1f}",
+        )  # fmt: skip
+    out_console.print(table)
+    held = Table(title="Targets")
+    for column in ("target", "measured", "holds"):
+        held.add_column(column)
+    for target in checks:
+        held.add_row(target.name, f"{target.measured:.2f}", "yes" if target.holds else "NO")
+    out_console.print(held)
+
+
+def print_check(
+    verdicts: list[Verdict], baseline: Path, *, show_all: bool = False, console: Console | None = None
+) -> None:
+    """The checks that failed or improved (every check with `show_all`), one row per configuration × metric, then
+    a count."""
+    console = console or out_console
+    failed = [v for v in verdicts if v.failed]
+    shown = verdicts if show_all else [v for v in verdicts if v.status != "pass"]
+    if shown:
+        table = Table(title=f"check against {baseline}", box=box.SIMPLE_HEAD, padding=(0, 0))
+        table.add_column("configuration", no_wrap=True)
+        for column in ("metric", "baseline", "now", "allowed", "verdict"):
+            table.add_column(column, no_wrap=True, justify="left" if column in ("metric", "verdict") else "right")
+        colours = {"pass": "green", "improved": "green", "regressed": "red", "missing": "red"}
+        for v in shown:
+            measured = "—" if v.measured is None else f"{v.measured:.4f}"
+            table.add_row(
+                v.configuration, METRIC_LABELS.get(v.metric, v.metric), f"{v.baseline:.4f}", measured,
+                f"{v.allowed:.4f}", f"[{colours[v.status]}]{v.status}[/]",
+            )  # fmt: skip
+        console.print(table)
+    configurations = len({v.configuration for v in verdicts})
+    if failed:
+        err_console.print(
+            f"[red]{len(failed)} of {len(verdicts)} checks failed[/] ({configurations} configurations)",
+            highlight=False,
+        )
+    else:
+        metrics = len(verdicts) // max(configurations, 1)
+        console.print(
+            f"all {len(verdicts)} checks passed ({configurations} configurations × {metrics} metrics"
+            + ("" if show_all else "; --all lists them")
+            + ")",
+            highlight=False,
+        )
+
+
+# Short names for the checked metrics, so the check table fits 80 columns.
+METRIC_LABELS = {"final_error_pct": "error %", "model_size_mb": "model MB", "training_memory_mb": "train mem"}
+
+
+def print_inference(frame: pd.DataFrame, *, threads: int, console: Console | None = None) -> None:
+    """`bench --inference`: file bytes, batch-1 latency and batch-256 throughput per model and runtime."""
+    table = Table(title=f"Inference on this CPU, {threads} thread(s), median call")
+    for column in ("model", "runtime", "file bytes", "parameters", "layers", "µs/image batch 1", "images/s batch 256"):
+        table.add_column(column, justify="right")
+    for row in frame.itertuples():
+        table.add_row(
+            row.model, row.runtime, f"{row.file_bytes:,}", f"{row.parameters:,}", row.layers,
+            f"{row.latency_batch1_us:.1f}", f"{row.throughput_batch256_per_s:,.0f}",
+        )  # fmt: skip
+    (console or out_console).print(table)
