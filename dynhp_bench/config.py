@@ -196,14 +196,14 @@ class TrainConfig:
         if self.alpha_bs is not None:
             _check_range("alpha_bs", self.alpha_bs, 0.0, 1.0)
         if self.validation_split is not None:
-            _check_int("validation_split", self.validation_split, low=1)
+            _check_int("validation_split", self.validation_split, low=1, high=MAX_SUBSET)
             if self.subset is not None and self.validation_split >= self.subset:
                 raise SettingsError(
                     f"--validation-split={self.validation_split} leaves no training images of --subset={self.subset}; "
                     f"expected fewer than {self.subset}"
                 )
         if self.prune_interval is not None:
-            _check_int("prune_interval", self.prune_interval, low=1)
+            _check_int("prune_interval", self.prune_interval, low=1, high=MAX_EPOCHS)
         for name in ("slope_min", "slope_max"):
             if getattr(self, name) is not None and not _is_number(getattr(self, name)):
                 raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected a number")
