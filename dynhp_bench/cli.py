@@ -183,13 +183,45 @@ def train_command(
             rich_help_panel=AMBIGUITIES,
         ),
     ] = None,
+    growth_loss: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_loss')}: Eq. 8's F, the data loss or data loss + penalty",
+            show_default="data",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+    growth_variance: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_variance')}: Eq. 8's S, of per-example gradients or of their mean (S/B)",
+            show_default="examples",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+    growth_correction: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_correction')}: S as Balles et al.'s code, or times B/(B-1)",
+            show_default="none",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(
+            help="Evaluate with an exponential moving average of the parameters (the L0 code: 0.999)",
+            show_default="off",
+        ),
+    ] = None,
 ) -> None:
     """Train one run and write its folder: config.json, epochs.csv, summary.json."""
     cli_values: dict[str, Any] = {
         "dataset": dataset, "strategy": strategy, "profile": profile, "epochs": epochs, "batch_size": batch_size,
         "lam": lambda_, "gamma": gamma, "alpha_bs": alpha_bs, "budget_bytes": budget_bytes, "seed": seed,
         "subset": subset, "hidden": hidden, "gate_draws": gate_draws, "growth_cadence": growth_cadence,
-        "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling,
+        "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling, "growth_loss": growth_loss,
+        "growth_variance": growth_variance, "growth_correction": growth_correction, "ema_decay": ema_decay,
     }  # fmt: skip
     if resume is not None:
         given = sorted(k for k, v in cli_values.items() if v is not None) + (["config"] if config else [])
@@ -223,7 +255,8 @@ def train_command(
 # train's options that fix a sweep's settings (and the runtime ones a sweep shares), reused as they are.
 SETTING_OPTIONS = (
     "dataset", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes", "subset",
-    "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling",
+    "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "growth_loss", "growth_variance",
+    "growth_correction", "ema_decay",
 )  # fmt: skip
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"

@@ -4,12 +4,26 @@ Resolution order, later wins: built-in defaults → the profile's values → a T
 command line. Settings a strategy does not use are stored as ``None`` (so they never change a run id),
 and naming one explicitly for such a strategy is an error rather than silently ignored.
 
-The paper leaves three choices open; they are settings here, with these defaults:
+The paper leaves several choices open; they are settings here. Eq. 8's readings (each documented with
+the sentence it follows in docs/fidelity.md; the defaults are SPEC's first guess):
 
 * ``growth_cadence``: Eq. 8 applied once per ``epoch`` (default) or after every ``step``;
-* ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default) or down (``floor``);
-* ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
-  code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``).
+* ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default), down (``floor``) or to the
+  ``nearest`` integer;
+* ``growth_loss``: F is the mini-batch ``data`` loss (default) or the ``objective`` being minimised
+  (data loss + penalty);
+* ``growth_variance``: S is the variance of the per-example gradients (``examples``, default) or of
+  the mini-batch mean gradient, S/B (``mean``);
+* ``growth_correction``: S as Balles et al.'s code writes it (``none``, default) or with Bessel's
+  correction B/(B−1) (``bessel``).
+
+And: ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
+code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``); ``ema_decay``: evaluate with an
+exponential moving average of the parameters, as the published L0 code does with 0.999 (default None:
+raw parameters).
+
+Settings added after run ids were first published enter a run id's hash only when they differ from
+their default (`DIGEST_OMITTED_AT_DEFAULT`), so the ids of runs with default settings never change.
 """
 
 from __future__ import annotations
@@ -72,7 +86,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "profile": tuple(PROFILES),
     "gate_draws": ("batch", "example"),
     "growth_cadence": ("epoch", "step"),
-    "growth_rounding": ("ceil", "floor"),
+    "growth_rounding": ("ceil", "floor", "nearest"),
+    "growth_loss": ("data", "objective"),
+    "growth_variance": ("examples", "mean"),
+    "growth_correction": ("none", "bessel"),
     "lambda_scaling": ("divide_by_n", "none"),
 }
 _FIELD_DEFAULTS: dict[str, Any] = {
@@ -83,7 +100,17 @@ _FIELD_DEFAULTS: dict[str, Any] = {
     "gate_draws": "batch",
     "growth_cadence": "epoch",
     "growth_rounding": "ceil",
+    "growth_loss": "data",
+    "growth_variance": "examples",
+    "growth_correction": "none",
     "lambda_scaling": "divide_by_n",
+}
+# Later settings and their defaults: left out of the run id's hash at these values (or unused, None).
+DIGEST_OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "growth_loss": "data",
+    "growth_variance": "examples",
+    "growth_correction": "none",
+    "ema_decay": None,
 }
 # Settings that only some strategies read (naming them for another strategy is an error).
 USED_BY: dict[str, tuple[str, ...]] = {
@@ -122,6 +149,10 @@ class TrainConfig:
     growth_cadence: str | None = _FIELD_DEFAULTS["growth_cadence"]
     growth_rounding: str | None = _FIELD_DEFAULTS["growth_rounding"]
     lambda_scaling: str | None = _FIELD_DEFAULTS["lambda_scaling"]
+    growth_loss: str | None = _FIELD_DEFAULTS["growth_loss"]
+    growth_variance: str | None = _FIELD_DEFAULTS["growth_variance"]
+    growth_correction: str | None = _FIELD_DEFAULTS["growth_correction"]
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -158,6 +189,8 @@ class TrainConfig:
             _check_range("gamma", self.gamma, 0.0, 1.0)
         if self.alpha_bs is not None:
             _check_range("alpha_bs", self.alpha_bs, 0.0, 1.0)
+        if self.ema_decay is not None:
+            _check_open("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.budget_bytes is not None:
             _check_int("budget_bytes", self.budget_bytes, low=1)
             network = model_bytes(self.shapes)
@@ -203,7 +236,12 @@ class TrainConfig:
     @property
     def run_id(self) -> str:
         """A readable, stable id: the key settings, then a hash of all of them."""
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        hashed = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in DIGEST_OMITTED_AT_DEFAULT or v not in (None, DIGEST_OMITTED_AT_DEFAULT[k])
+        }
+        digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
         parts = [self.dataset, self.strategy, f"b{self.batch_size}"]
         if self.alpha_bs is not None:
             parts.append(f"a{self.alpha_bs:g}")
