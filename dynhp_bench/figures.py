@@ -7,6 +7,7 @@ SP at batch 512 (MNIST) / 128 (Fashion-MNIST), HP at 100 / 128.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dynhp_bench.metrics import memory_mb, model_bytes
+from dynhp_bench.metrics import batch_cap, memory_mb, model_bytes
 from dynhp_bench.report import DATASET_NAMES, reference_tables, select
-from dynhp_bench.results import write_text_atomic
+from dynhp_bench.results import RUNS_DIR, write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)
@@ -265,3 +266,86 @@ def write_figures(configs: pd.DataFrame, out_dir: Path) -> dict[str, tuple[Path,
         plt.close(figure)
         written[name] = (png, len(data))
     return written
+
+
+# --- calibration of Eq. 8's readings (docs/fidelity.md) ----------------------------------------------------------
+
+READING_SETTINGS = ("growth_cadence", "growth_rounding", "growth_loss", "growth_variance", "growth_correction")
+CALIBRATION_COLUMNS = ["dataset", "reading", "alpha_bs", "epoch", "batch_size", "cap_in_epoch", "memory_mb",
+                       "model_size_mb", "test_error_pct", "variance_ratio"]  # fmt: skip
+
+
+def reading_name(settings: dict[str, object]) -> str:
+    """A DynHP run's reading of Eq. 8 as cadence/rounding/F/S[/bessel], e.g. ``epoch/ceil/data/examples``."""
+    values = [str(settings.get(key) or "") for key in READING_SETTINGS]
+    if values[-1] in ("", "none"):
+        values.pop()
+    return "/".join(values)
+
+
+def calibration_data(results_root: Path) -> pd.DataFrame:
+    """Every DynHP run's epochs under `results_root` (finished or not), labelled by reading and α_bs."""
+    frames = []
+    runs = Path(results_root) / RUNS_DIR
+    for path in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if not (path / "config.json").is_file() or not (path / "epochs.csv").is_file():
+            continue
+        settings = json.loads((path / "config.json").read_text())["settings"]
+        epochs = pd.read_csv(path / "epochs.csv")
+        if settings.get("strategy") != "dynhp" or epochs.empty:
+            continue
+        # Eq. 10's cap in force while the epoch trained: the budget less the network the epoch trained.
+        budget = int(settings["budget_bytes"])
+        cap = [batch_cap(budget, int(held)) for held in epochs["model_bytes"]]
+        frames.append(
+            epochs.assign(
+                dataset=settings["dataset"],
+                reading=reading_name(settings),
+                alpha_bs=settings["alpha_bs"],
+                cap_in_epoch=cap,
+            )
+        )
+    if not frames:
+        return pd.DataFrame(columns=CALIBRATION_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[CALIBRATION_COLUMNS]
+
+
+def calibration_table(data: pd.DataFrame, at_epochs: tuple[int, ...] = (10, 50, 100)) -> pd.DataFrame:
+    """Per dataset × reading × α_bs: epochs run, the first epoch trained at the cap of Eq. 10, the batch at
+    `at_epochs`, the mean per-epoch memory (MB) and the last epoch's error and model size."""
+    rows = []
+    for (dataset, reading, alpha), run in data.groupby(["dataset", "reading", "alpha_bs"], sort=True):
+        run = run.sort_values("epoch")
+        cap_epochs = run.loc[run["batch_size"] >= run["cap_in_epoch"], "epoch"]
+        batch_at = dict(zip(run["epoch"], run["batch_size"], strict=True))
+        rows.append({
+            "dataset": dataset, "reading": reading, "alpha_bs": alpha, "epochs": int(run["epoch"].max()),
+            "cap_epoch": int(cap_epochs.min()) if len(cap_epochs) else None,
+            **{f"batch_e{e}": batch_at.get(e) for e in at_epochs},
+            "mean_memory_mb": float(run["memory_mb"].mean()),
+            "final_error_pct": float(run["test_error_pct"].iloc[-1]),
+            "final_model_mb": float(run["model_size_mb"].iloc[-1]),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_calibration(results_root: Path, out_dir: Path, name: str = "calibration_batch_size") -> Path:
+    """Figure of batch size vs epoch, one panel per dataset × reading, one line per α_bs; CSV beside it."""
+    data = calibration_data(results_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / f"{name}.csv", data.to_csv(index=False))
+    write_text_atomic(out_dir / f"{name}_table.csv", calibration_table(data).to_csv(index=False))
+    panels = [(f"{d}|{r}", f"{DATASET_NAMES[d]}\n{r}") for d in DATASETS for r in sorted(data["reading"].unique())]
+    plotted = data.assign(series=data["alpha_bs"].map(lambda a: f"α_bs {a:.3f}"))
+    spec = FigureSpec(
+        lambda _: plotted, "panel", lambda: panels, "batch_size", "batch size (samples, log)",
+        "DynHP batch size vs epoch for each reading of Eq. 8 (cadence/rounding/F/S)", rows=len(DATASETS),
+        panel_of=lambda d: d["dataset"] + "|" + d["reading"],
+    )  # fmt: skip
+    figure = _plot(spec, plotted)
+    for ax in figure.axes:
+        ax.set_yscale("log")
+    png = out_dir / f"{name}.png"
+    figure.savefig(png, dpi=100)
+    plt.close(figure)
+    return png
