@@ -16,10 +16,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from dynhp_bench.config import default_budget_bytes
 from dynhp_bench.metrics import batch_cap, memory_mb, model_bytes
 from dynhp_bench.report import DATASET_NAMES, reference_tables, select
 from dynhp_bench.results import RUNS_DIR, write_text_atomic
@@ -28,6 +30,7 @@ BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)
 LAYERS = ("input", "HL-1", "HL-2")
 DATASETS = ("mnist", "fashion")
+FULL_NETWORK_BYTES = model_bytes([(784, 300), (300, 100), (100, 10)])
 
 
 def epochs_of(config: pd.Series | None) -> pd.DataFrame:
@@ -335,16 +338,35 @@ def write_calibration(results_root: Path, out_dir: Path, name: str = "calibratio
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / f"{name}.csv", data.to_csv(index=False))
     write_text_atomic(out_dir / f"{name}_table.csv", calibration_table(data).to_csv(index=False))
-    panels = [(f"{d}|{r}", f"{DATASET_NAMES[d]}\n{r}") for d in DATASETS for r in sorted(data["reading"].unique())]
-    plotted = data.assign(series=data["alpha_bs"].map(lambda a: f"α_bs {a:.3f}"))
-    spec = FigureSpec(
-        lambda _: plotted, "panel", lambda: panels, "batch_size", "batch size (samples, log)",
-        "DynHP batch size vs epoch for each reading of Eq. 8 (cadence/rounding/F/S)", rows=len(DATASETS),
-        panel_of=lambda d: d["dataset"] + "|" + d["reading"],
-    )  # fmt: skip
-    figure = _plot(spec, plotted)
-    for ax in figure.axes:
-        ax.set_yscale("log")
+    readings = sorted(data["reading"].unique()) or ["(none)"]
+    figure, axes = plt.subplots(
+        len(DATASETS), len(readings), figsize=(3.6 * len(readings), 3.4 * len(DATASETS)), squeeze=False, sharey=True
+    )
+    last_epoch = max(int(data["epoch"].max()) if not data.empty else 1, 10)
+    for row, dataset in zip(axes, DATASETS, strict=True):
+        budget_cap = batch_cap(default_budget_bytes(dataset, (300, 100)), FULL_NETWORK_BYTES)
+        alphas = sorted(data.loc[data["dataset"] == dataset, "alpha_bs"].unique())
+        colours = plt.get_cmap("tab10").colors
+        for ax, reading in zip(row, readings, strict=True):
+            part = data[(data["dataset"] == dataset) & (data["reading"] == reading)]
+            for alpha, run in part.groupby("alpha_bs", sort=True):
+                colour = colours[alphas.index(alpha)]  # one colour per α_bs across the row's panels
+                ax.plot(run["epoch"], run["batch_size"], ".-", color=colour, markersize=3, label=f"α_bs {alpha:.3f}")
+            ax.axhline(budget_cap, color="grey", linestyle="--", linewidth=0.8, label="cap, full network")
+            ax.set_yscale("log")
+            ax.set_ylim(10, 1000)
+            ax.set_xlim(0, last_epoch)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5, integer=True))
+            ax.set_title(f"{DATASET_NAMES[dataset]}\n{reading}", fontsize="small")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            if part.empty:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.legend(fontsize="x-small", loc="lower right")
+        row[0].set_ylabel("batch size (samples, log)")
+    figure.suptitle("DynHP batch size vs epoch for each reading of Eq. 8 (cadence/rounding/F/S)")
+    figure.tight_layout()
     png = out_dir / f"{name}.png"
     figure.savefig(png, dpi=100)
     plt.close(figure)
