@@ -193,3 +193,18 @@ def test_ema_is_sliced_with_pruning_and_changes_nothing_but_test_error(synthetic
         runs[decay] = pd.DataFrame(records).drop(columns=[*TIMING_COLUMNS, "test_error_pct"])
     assert runs[None]["active_1"].iloc[-1] < 300, "the comparison should cover at least one pruning step"
     pd.testing.assert_frame_equal(runs[None], runs[0.99])
+
+
+def test_ema_survives_a_checkpoint(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, download=False)
+    config = TrainConfig(strategy="hp", epochs=2, batch_size=64, gamma=0.84, ema_decay=0.95)
+    first = Trainer(config, data, torch.device("cpu"))
+    first.run_epoch(1, last=False)
+    state = first.state_dict()
+    uninterrupted = first.run_epoch(2, last=True)
+    resumed = Trainer(config, data, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    again = resumed.run_epoch(2, last=True)
+    assert again.test_error_pct == uninterrupted.test_error_pct
+    assert resumed.ema_steps == first.ema_steps
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema or [], first.ema or [], strict=True))
