@@ -315,7 +315,7 @@ def calibration_data(results_root: Path) -> pd.DataFrame:
 
 def calibration_table(data: pd.DataFrame, at_epochs: tuple[int, ...] = (10, 50, 100)) -> pd.DataFrame:
     """Per dataset × reading × α_bs: epochs run, the first epoch trained at the cap of Eq. 10, the batch at
-    `at_epochs`, the mean per-epoch memory (MB) and the last epoch's error and model size."""
+    `at_epochs` and at the last epoch, the mean per-epoch memory (MB) and the last epoch's error and model size."""
     rows = []
     for (dataset, reading, alpha), run in data.groupby(["dataset", "reading", "alpha_bs"], sort=True):
         run = run.sort_values("epoch")
@@ -325,6 +325,7 @@ def calibration_table(data: pd.DataFrame, at_epochs: tuple[int, ...] = (10, 50, 
             "dataset": dataset, "reading": reading, "alpha_bs": alpha, "epochs": int(run["epoch"].max()),
             "cap_epoch": int(cap_epochs.min()) if len(cap_epochs) else None,
             **{f"batch_e{e}": batch_at.get(e) for e in at_epochs},
+            "batch_last": int(run["batch_size"].iloc[-1]),
             "mean_memory_mb": float(run["memory_mb"].mean()),
             "final_error_pct": float(run["test_error_pct"].iloc[-1]),
             "final_model_mb": float(run["model_size_mb"].iloc[-1]),
