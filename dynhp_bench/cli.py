@@ -250,6 +250,37 @@ def train_command(
             rich_help_panel=DYPRUNE,
         ),
     ] = None,
+    growth_loss: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_loss')}: Eq. 8's F, the data loss or data loss + penalty",
+            show_default="data",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+    growth_variance: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_variance')}: Eq. 8's S, of per-example gradients or of their mean (S/B)",
+            show_default="examples",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+    growth_correction: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_correction')}: S as Balles et al.'s code, or times B/(B-1)",
+            show_default="none",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
+    ema_decay: Annotated[
+        float | None,
+        typer.Option(
+            help="Evaluate with an exponential moving average of the parameters (the L0 code: 0.999)",
+            show_default="off",
+        ),
+    ] = None,
 ) -> None:
     """Train one run and write its folder: config.json, epochs.csv, summary.json."""
     cli_values: dict[str, Any] = {
@@ -259,7 +290,8 @@ def train_command(
         "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling, "validation_split": validation_split,
         "prune_schedule": prune_schedule, "prune_interval": prune_interval, "slope_min": slope_min,
         "slope_max": slope_max, "prune_rate": prune_rate, "reset_optimizer": reset_optimizer,
-        "reset_biases": reset_biases,
+        "reset_biases": reset_biases, "growth_loss": growth_loss,
+        "growth_variance": growth_variance, "growth_correction": growth_correction, "ema_decay": ema_decay,
     }  # fmt: skip
     if resume is not None:
         given = sorted(k for k, v in cli_values.items() if v is not None) + (["config"] if config else [])
@@ -294,7 +326,8 @@ def train_command(
 SETTING_OPTIONS = (
     "dataset", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes", "subset",
     "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "validation_split", "prune_schedule",
-    "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
+    "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases", "growth_loss",
+    "growth_variance", "growth_correction", "ema_decay",
 )  # fmt: skip
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"

@@ -4,12 +4,26 @@ Resolution order, later wins: built-in defaults → the profile's values → a T
 command line. Settings a strategy does not use are stored as ``None`` (so they never change a run id),
 and naming one explicitly for such a strategy is an error rather than silently ignored.
 
-The paper leaves three choices open; they are settings here, with these defaults:
+The paper leaves several choices open; they are settings here. Eq. 8's readings (each documented with
+the sentence it follows in docs/fidelity.md; the defaults are SPEC's first guess):
 
 * ``growth_cadence``: Eq. 8 applied once per ``epoch`` (default) or after every ``step``;
-* ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default) or down (``floor``);
-* ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
-  code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``).
+* ``growth_rounding``: Eq. 8's increment rounded up (``ceil``, default), down (``floor``) or to the
+  ``nearest`` integer;
+* ``growth_loss``: F is the mini-batch ``data`` loss (default) or the ``objective`` being minimised
+  (data loss + penalty);
+* ``growth_variance``: S is the variance of the per-example gradients (``examples``, default) or of
+  the mini-batch mean gradient, S/B (``mean``);
+* ``growth_correction``: S as Balles et al.'s code writes it (``none``, default) or with Bessel's
+  correction B/(B−1) (``bessel``).
+
+And: ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
+code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``); ``ema_decay``: evaluate with an
+exponential moving average of the parameters, as the published L0 code does with 0.999 (default None:
+raw parameters).
+
+Settings added after run ids were first published enter a run id's hash only when they differ from
+their default (`DIGEST_OMITTED_AT_DEFAULT`), so the ids of runs with default settings never change.
 
 ``validation_split`` holds out the last N training images (trained on by no strategy that sets it) to
 measure a validation loss after every epoch. DyPrune needs it (default 10,000 of the full set, a sixth
@@ -87,7 +101,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "profile": tuple(PROFILES),
     "gate_draws": ("batch", "example"),
     "growth_cadence": ("epoch", "step"),
-    "growth_rounding": ("ceil", "floor"),
+    "growth_rounding": ("ceil", "floor", "nearest"),
+    "growth_loss": ("data", "objective"),
+    "growth_variance": ("examples", "mean"),
+    "growth_correction": ("none", "bessel"),
     "lambda_scaling": ("divide_by_n", "none"),
     "prune_schedule": ("dynamic", "static"),
 }
@@ -99,6 +116,9 @@ _FIELD_DEFAULTS: dict[str, Any] = {
     "gate_draws": "batch",
     "growth_cadence": "epoch",
     "growth_rounding": "ceil",
+    "growth_loss": "data",
+    "growth_variance": "examples",
+    "growth_correction": "none",
     "lambda_scaling": "divide_by_n",
     # DyPrune (SPEC §7): the published defaults; prune_rate None means the size-scaled rate.
     "prune_schedule": "dynamic",
@@ -109,6 +129,17 @@ _FIELD_DEFAULTS: dict[str, Any] = {
     "reset_optimizer": True,
     "reset_biases": False,
 }
+# Later settings and their defaults: left out of the run id's hash at these values (or unused, None).
+DIGEST_OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "growth_loss": "data",
+    "growth_variance": "examples",
+    "growth_correction": "none",
+    "ema_decay": None,
+    "validation_split": None,
+    **{name: _FIELD_DEFAULTS[name] for name in (
+        "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
+    )},
+}  # fmt: skip
 # Settings that only some strategies read (naming them for another strategy is an error).
 USED_BY: dict[str, tuple[str, ...]] = {
     name: tuple(key for key, cls in STRATEGIES.items() if name in cls.settings) for name in _FIELD_DEFAULTS
@@ -154,6 +185,10 @@ class TrainConfig:
     prune_rate: float | None = _FIELD_DEFAULTS["prune_rate"]
     reset_optimizer: bool | None = _FIELD_DEFAULTS["reset_optimizer"]
     reset_biases: bool | None = _FIELD_DEFAULTS["reset_biases"]
+    growth_loss: str | None = _FIELD_DEFAULTS["growth_loss"]
+    growth_variance: str | None = _FIELD_DEFAULTS["growth_variance"]
+    growth_correction: str | None = _FIELD_DEFAULTS["growth_correction"]
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -216,6 +251,8 @@ class TrainConfig:
         for name in ("reset_optimizer", "reset_biases"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected true or false")
+        if self.ema_decay is not None:
+            _check_open("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.budget_bytes is not None:
             _check_int("budget_bytes", self.budget_bytes, low=1, high=MAX_BUDGET_BYTES)
             network = model_bytes(self.shapes)
@@ -260,13 +297,13 @@ class TrainConfig:
 
     @property
     def run_id(self) -> str:
-        """A readable, stable id: the key settings, then a hash of all of them.
-
-        Settings stored as None (unused by the strategy) stay out of the hash, so a setting added for one
-        strategy leaves the other strategies' ids as they were.
-        """
-        used = {k: v for k, v in self.to_dict().items() if v is not None}
-        digest = hashlib.sha256(json.dumps(used, sort_keys=True).encode()).hexdigest()[:8]
+        """A readable, stable id: the key settings, then a hash of all of them."""
+        hashed = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in DIGEST_OMITTED_AT_DEFAULT or v not in (None, DIGEST_OMITTED_AT_DEFAULT[k])
+        }
+        digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
         parts = [self.dataset, self.strategy, f"b{self.batch_size}"]
         if self.alpha_bs is not None:
             parts.append(f"a{self.alpha_bs:g}")

@@ -8,6 +8,7 @@ SP at batch 512 (MNIST) / 128 (Fashion-MNIST), HP at 100 / 128.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,19 +17,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from dynhp_bench.config import default_budget_bytes
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.metrics import EpochRecord, memory_mb, model_bytes
+from dynhp_bench.metrics import EpochRecord, batch_cap, memory_mb, model_bytes
 from dynhp_bench.report import DATASET_NAMES, RUN_LENGTH, configuration_label, reference_tables, select
-from dynhp_bench.results import EPOCHS_FILE, RunFolder, write_text_atomic
+from dynhp_bench.results import EPOCHS_FILE, RUNS_DIR, RunFolder, write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)
 LAYERS = ("input", "HL-1", "HL-2")
 DATASETS = ("mnist", "fashion")
+FULL_NETWORK_BYTES = model_bytes([(784, 300), (300, 100), (100, 10)])
 
 
 def epochs_of(config: pd.Series | None) -> pd.DataFrame:
@@ -386,3 +390,106 @@ def write_pareto(configs: pd.DataFrame, dataset: str, out_dir: Path) -> tuple[Pa
     figure.savefig(png, dpi=110)
     plt.close(figure)
     return png, len(data)
+
+
+# --- calibration of Eq. 8's readings (docs/fidelity.md) ----------------------------------------------------------
+
+READING_SETTINGS = ("growth_cadence", "growth_rounding", "growth_loss", "growth_variance", "growth_correction")
+CALIBRATION_COLUMNS = ["dataset", "reading", "alpha_bs", "epoch", "batch_size", "cap_in_epoch", "memory_mb",
+                       "model_size_mb", "test_error_pct", "variance_ratio"]  # fmt: skip
+
+
+def reading_name(settings: dict[str, object]) -> str:
+    """A DynHP run's reading of Eq. 8 as cadence/rounding/F/S[/bessel], e.g. ``epoch/ceil/data/examples``."""
+    values = [str(settings.get(key) or "") for key in READING_SETTINGS]
+    if values[-1] in ("", "none"):
+        values.pop()
+    return "/".join(values)
+
+
+def calibration_data(results_root: Path) -> pd.DataFrame:
+    """Every DynHP run's epochs under `results_root` (finished or not), labelled by reading and α_bs."""
+    frames = []
+    runs = Path(results_root) / RUNS_DIR
+    for path in sorted(runs.iterdir()) if runs.is_dir() else []:
+        if not (path / "config.json").is_file() or not (path / "epochs.csv").is_file():
+            continue
+        settings = json.loads((path / "config.json").read_text())["settings"]
+        epochs = pd.read_csv(path / "epochs.csv")
+        if settings.get("strategy") != "dynhp" or epochs.empty:
+            continue
+        # Eq. 10's cap in force while the epoch trained: the budget less the network the epoch trained.
+        budget = int(settings["budget_bytes"])
+        cap = [batch_cap(budget, int(held)) for held in epochs["model_bytes"]]
+        frames.append(
+            epochs.assign(
+                dataset=settings["dataset"],
+                reading=reading_name(settings),
+                alpha_bs=settings["alpha_bs"],
+                cap_in_epoch=cap,
+            )
+        )
+    if not frames:
+        return pd.DataFrame(columns=CALIBRATION_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[CALIBRATION_COLUMNS]
+
+
+def calibration_table(data: pd.DataFrame, at_epochs: tuple[int, ...] = (10, 50, 100)) -> pd.DataFrame:
+    """Per dataset × reading × α_bs: epochs run, the first epoch trained at the cap of Eq. 10, the batch at
+    `at_epochs` and at the last epoch, the mean per-epoch memory (MB) and the last epoch's error and model size."""
+    rows = []
+    for (dataset, reading, alpha), run in data.groupby(["dataset", "reading", "alpha_bs"], sort=True):
+        run = run.sort_values("epoch")
+        cap_epochs = run.loc[run["batch_size"] >= run["cap_in_epoch"], "epoch"]
+        batch_at = dict(zip(run["epoch"], run["batch_size"], strict=True))
+        rows.append({
+            "dataset": dataset, "reading": reading, "alpha_bs": alpha, "epochs": int(run["epoch"].max()),
+            "cap_epoch": int(cap_epochs.min()) if len(cap_epochs) else None,
+            **{f"batch_e{e}": batch_at.get(e) for e in at_epochs},
+            "batch_last": int(run["batch_size"].iloc[-1]),
+            "mean_memory_mb": float(run["memory_mb"].mean()),
+            "final_error_pct": float(run["test_error_pct"].iloc[-1]),
+            "final_model_mb": float(run["model_size_mb"].iloc[-1]),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def write_calibration(results_root: Path, out_dir: Path, name: str = "calibration_batch_size") -> Path:
+    """Figure of batch size vs epoch, one panel per dataset × reading, one line per α_bs; CSV beside it."""
+    data = calibration_data(results_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out_dir / f"{name}.csv", data.to_csv(index=False))
+    write_text_atomic(out_dir / f"{name}_table.csv", calibration_table(data).to_csv(index=False))
+    readings = sorted(data["reading"].unique()) or ["(none)"]
+    figure, axes = plt.subplots(
+        len(DATASETS), len(readings), figsize=(3.6 * len(readings), 3.4 * len(DATASETS)), squeeze=False, sharey=True
+    )
+    last_epoch = max(int(data["epoch"].max()) if not data.empty else 1, 10)
+    for row, dataset in zip(axes, DATASETS, strict=True):
+        budget_cap = batch_cap(default_budget_bytes(dataset, (300, 100)), FULL_NETWORK_BYTES)
+        alphas = sorted(data.loc[data["dataset"] == dataset, "alpha_bs"].unique())
+        colours = plt.get_cmap("tab10").colors
+        for ax, reading in zip(row, readings, strict=True):
+            part = data[(data["dataset"] == dataset) & (data["reading"] == reading)]
+            for alpha, run in part.groupby("alpha_bs", sort=True):
+                colour = colours[alphas.index(alpha)]  # one colour per α_bs across the row's panels
+                ax.plot(run["epoch"], run["batch_size"], ".-", color=colour, markersize=3, label=f"α_bs {alpha:.3f}")
+            ax.axhline(budget_cap, color="grey", linestyle="--", linewidth=0.8, label="cap, full network")
+            ax.set_yscale("log")
+            ax.set_ylim(10, 1000)
+            ax.set_xlim(0, last_epoch)
+            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(5, integer=True))
+            ax.set_title(f"{DATASET_NAMES[dataset]}\n{reading}", fontsize="small")
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            if part.empty:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.legend(fontsize="x-small", loc="lower right")
+        row[0].set_ylabel("batch size (samples, log)")
+    figure.suptitle("DynHP batch size vs epoch for each reading of Eq. 8 (cadence/rounding/F/S)")
+    figure.tight_layout()
+    png = out_dir / f"{name}.png"
+    figure.savefig(png, dpi=100)
+    plt.close(figure)
+    return png

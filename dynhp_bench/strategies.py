@@ -29,7 +29,8 @@ DYPRUNE_COOLDOWN = 2  # eligible epochs without pruning after a dynamic pruning 
 class GrowthStats:
     """What the trainer measured for the batch-size schedule.
 
-    `variance_ratio` is ‖S‖₁ / F (gradient-variance L1 norm over the mini-batch data loss) averaged over
+    `variance_ratio` is ‖S‖₁ / F (gradient-variance L1 norm over the mini-batch loss, each as the
+    `growth_variance`, `growth_correction` and `growth_loss` settings read them) averaged over
     the steps since the last call: the epoch's steps, or the last step with ``growth_cadence="step"``.
     It is NaN when the strategy does not ask for it (`needs_gradient_variance` is False).
     """
@@ -167,7 +168,16 @@ class DynamicHardPruning(HardPruning):
 
     key = "dynhp"
     needs_gradient_variance = True
-    settings = (*HardPruning.settings, "alpha_bs", "budget_bytes", "growth_cadence", "growth_rounding")
+    settings = (
+        *HardPruning.settings,
+        "alpha_bs",
+        "budget_bytes",
+        "growth_cadence",
+        "growth_rounding",
+        "growth_loss",
+        "growth_variance",
+        "growth_correction",
+    )
 
     def next_batch_size(self, batch_size: int, stats: GrowthStats, memory: MemoryState) -> int:
         """b + round((1 − α_bs)·‖S‖₁/F) (Eq. 8), then min with ⌊(C − N_i)/(4·784)⌋ (Eq. 10)."""
@@ -175,7 +185,8 @@ class DynamicHardPruning(HardPruning):
         increment = (1.0 - self.config.alpha_bs) * stats.variance_ratio
         if not math.isfinite(increment):
             increment = 0.0
-        rounded = math.ceil(increment) if self.config.growth_rounding == "ceil" else math.floor(increment)
+        rounding = self.config.growth_rounding
+        rounded = math.ceil(increment) if rounding == "ceil" else math.floor(increment + (rounding == "nearest") * 0.5)
         candidate = batch_size + max(0, rounded)
         cap = memory.cap
         return candidate if cap is None else min(candidate, cap)

@@ -39,7 +39,7 @@ from dynhp_bench.metrics import (
 from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
 from dynhp_bench.threads import check_threads, default_threads
-from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
+from dynhp_bench.variance import GradientTap, growth_ratio, squared_norm, variance_l1
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_CHUNK = 10_000
@@ -143,6 +143,12 @@ class Trainer:
         self.validation_losses: list[float] = []
         self.batch_size = config.batch_size
         self.tap = GradientTap()
+        # The published L0 code's averaging (L0MLP.update_ema / load_ema_params): the average starts at
+        # the initial parameters and is read divided by 1 − decay^steps. Evaluation only; pruning slices it.
+        self.ema: list[torch.Tensor] | None = (
+            None if config.ema_decay is None else [p.detach().clone() for p in self.net.parameters()]
+        )
+        self.ema_steps = 0
 
     def _feed(self, columns: torch.Tensor) -> None:
         """Put the training, validation and test images on the device, keeping the input pixels `columns`."""
@@ -163,6 +169,8 @@ class Trainer:
             "batch_size": self.batch_size,
             "pruned": None if self.net.pruned is None else [p.cpu().clone() for p in self.net.pruned],
             "validation_losses": list(self.validation_losses),
+            "ema": None if self.ema is None else [t.detach().cpu().clone() for t in self.ema],
+            "ema_steps": self.ema_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -186,6 +194,9 @@ class Trainer:
         self._feed(index)
         self.batch_size = int(state["batch_size"])
         self.validation_losses = [float(v) for v in state["validation_losses"]]
+        if self.ema is not None:
+            self.ema = [t.to(self.device).clone() for t in state["ema"]]
+            self.ema_steps = int(state["ema_steps"])
 
     def run_epoch(self, epoch: int, *, last: bool) -> EpochRecord:
         """Train one epoch, evaluate, let the strategy prune and resize; return the epoch's record."""
@@ -289,18 +300,31 @@ class Trainer:
             if track_variance:
                 # The penalty's gradient is not added yet: these are the data loss's gradients, ḡ.
                 mean_grad_sq = squared_norm(p.grad for p in net.weight_parameters() if p.grad is not None)
-                ratio = variance_l1(self.tap.total, mean_grad_sq, rows) / data_loss.detach()
-                totals.ratio_sum += ratio
+                s_l1 = variance_l1(self.tap.total, mean_grad_sq, rows)
+            penalty = zero
             if gated:
                 penalty = net.add_penalty_gradients(
                     lam=lam, weight_decay=config.weight_decay, n_train=self.n_train, divide_by_n=divide_by_n
                 )
                 totals.penalty_sum += penalty
+            if track_variance:
+                ratio = growth_ratio(
+                    s_l1,
+                    data_loss.detach(),
+                    penalty.detach(),
+                    rows,
+                    variance=config.growth_variance or "examples",
+                    loss=config.growth_loss or "data",
+                    correction=config.growth_correction or "none",
+                )
+                totals.ratio_sum += ratio
             self.optimizer.step()
             if net.pruned is not None:
                 net.zero_pruned()
             if gated:
                 net.clamp_log_alphas()
+            if self.ema is not None:
+                self._update_ema()
             totals.loss_sum += data_loss.detach()
             totals.steps += 1
             if self.stop is not None and self.stop.requested:
@@ -315,8 +339,30 @@ class Trainer:
         return totals
 
     @torch.no_grad()
+    def _update_ema(self) -> None:
+        assert self.ema is not None and self.config.ema_decay is not None
+        self.ema_steps += 1
+        torch._foreach_lerp_(self.ema, [p.detach() for p in self.net.parameters()], 1.0 - self.config.ema_decay)
+
+    @torch.no_grad()
     def test_error_pct(self) -> float:
-        """Misclassification error (%) on the test set with deterministic gates."""
+        """Misclassification error (%) on the test set with deterministic gates (and averaged parameters
+        with ``ema_decay``: swapped in for the evaluation, then the trained ones put back)."""
+        if self.ema is None or self.ema_steps == 0:
+            return self._test_error_pct()
+        assert self.config.ema_decay is not None
+        params = list(self.net.parameters())
+        trained = [p.data for p in params]
+        correction = 1.0 - self.config.ema_decay**self.ema_steps
+        for param, average in zip(params, self.ema, strict=True):
+            param.data = average / correction
+        try:
+            return self._test_error_pct()
+        finally:
+            for param, data in zip(params, trained, strict=True):
+                param.data = data
+
+    def _test_error_pct(self) -> float:
         self.net.eval()
         gates = self.net.deterministic_gates()
         wrong = torch.zeros((), device=self.device, dtype=torch.int64)
@@ -353,8 +399,12 @@ class Trainer:
         keep = [~mask.to(torch.bool) for mask in remove_masks]
         if all(bool(k.all()) for k in keep):
             return False
+        position = {id(p): i for i, p in enumerate(self.net.parameters())}
         removals = self.net.remove_units(keep)
         for removal in removals:
+            if self.ema is not None:
+                i = position[id(removal.param)]
+                self.ema[i] = self.ema[i].index_select(removal.dim, removal.index).contiguous()
             state = self.optimizer.state.get(removal.param, {})
             for key, value in state.items():
                 if torch.is_tensor(value) and value.dim() == removal.param.dim():

@@ -12,6 +12,9 @@ the mean-reduced loss w.r.t. the layer output and a_i the (gated) layer input. H
     ‖S‖₁ = B·Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1) − ‖ḡ‖²,
 
 costing O(B·(in + out)) per layer on top of the usual backward pass, with no loop over examples.
+
+`growth_ratio` turns ‖S‖₁ into Eq. 8's ‖S‖₁/F under each reading of the paper: S with Bessel's
+correction B/(B−1) or not, S of the examples or of their mean (S/B), F the data loss or the objective.
 """
 
 from __future__ import annotations
@@ -51,3 +54,28 @@ def squared_norm(grads: Iterable[torch.Tensor]) -> torch.Tensor:
 def variance_l1(tap_total: torch.Tensor, mean_grad_sq: torch.Tensor, batch_size: int) -> torch.Tensor:
     """‖S‖₁ = B·(tap total) − ‖ḡ‖², clamped at 0 against rounding."""
     return (batch_size * tap_total - mean_grad_sq).clamp_min(0.0)
+
+
+def growth_ratio(
+    s_l1: torch.Tensor,
+    data_loss: torch.Tensor,
+    penalty: torch.Tensor | float,
+    batch_size: int,
+    *,
+    variance: str,
+    loss: str,
+    correction: str,
+) -> torch.Tensor:
+    """Eq. 8's ‖S‖₁/F from `variance_l1`'s per-example ‖S‖₁.
+
+    `correction` ``bessel`` scales S by B/(B−1) (the unbiased variance; B = 1 leaves it, S is 0 there);
+    `variance` ``mean`` divides it by B (the variance of the mini-batch mean gradient); `loss`
+    ``objective`` divides by data loss + penalty instead of the data loss alone.
+    """
+    s = s_l1
+    if correction == "bessel" and batch_size > 1:
+        s = s * (batch_size / (batch_size - 1))
+    if variance == "mean":
+        s = s / batch_size
+    f = data_loss + penalty if loss == "objective" else data_loss
+    return s / f

@@ -53,7 +53,8 @@ TRAIN_OPTIONS: dict[str, st.SearchStrategy[str]] = {
     "--budget-bytes": NUMBER_TEXT, "--threads": NUMBER_TEXT, "--checkpoint-every": NUMBER_TEXT,
     "--lambda": NUMBER_TEXT, "--gamma": NUMBER_TEXT, "--alpha-bs": NUMBER_TEXT, "--hidden": LIST_TEXT,
     "--gate-draws": CHOICE_TEXT, "--growth-cadence": CHOICE_TEXT, "--growth-rounding": CHOICE_TEXT,
-    "--lambda-scaling": CHOICE_TEXT, "--config": PATH_TEXT, "--resume": PATH_TEXT,
+    "--lambda-scaling": CHOICE_TEXT, "--config": PATH_TEXT, "--resume": PATH_TEXT, "--growth-loss": CHOICE_TEXT,
+    "--growth-variance": CHOICE_TEXT, "--growth-correction": CHOICE_TEXT, "--ema-decay": NUMBER_TEXT,
 }  # fmt: skip
 DECIMAL_TEXT = st.one_of(
     st.decimals(min_value=-2, max_value=600, places=3, allow_nan=False).map(str), st.sampled_from(["0.9", "1e-3", ""])

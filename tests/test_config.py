@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
-from dynhp_bench.config import TrainConfig, default_budget_bytes, resolve_config
+from dynhp_bench.config import DIGEST_OMITTED_AT_DEFAULT, TrainConfig, default_budget_bytes, resolve_config
 from dynhp_bench.errors import SettingsError
 
 
@@ -76,6 +78,33 @@ def test_run_id_is_stable_readable_and_changes_with_any_setting() -> None:
     assert a.run_id == resolve_config({"strategy": "dynhp", "alpha_bs": 0.973, "seed": 1}).run_id
     assert a.run_id.startswith("mnist-dynhp-b16-a0.973-e20-s1-")
     assert a.run_id != resolve_config({"strategy": "dynhp", "alpha_bs": 0.973, "seed": 1, "gamma": 0.4}).run_id
+
+
+@pytest.mark.parametrize(
+    "later", [{"growth_loss": "objective"}, {"growth_variance": "mean"}, {"growth_correction": "bessel"},
+              {"ema_decay": 0.999}, {"growth_rounding": "nearest"}],
+)  # fmt: skip
+def test_later_settings_leave_default_run_ids_unchanged(later: dict[str, object]) -> None:
+    config = resolve_config({"strategy": "dynhp", "alpha_bs": 0.973})
+    # The hash of a default config is the hash of the settings that existed before these were added.
+    before = {k: v for k, v in config.to_dict().items() if k not in DIGEST_OMITTED_AT_DEFAULT}
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:8]
+    assert config.run_id.endswith("-" + digest)
+    changed = resolve_config({"strategy": "dynhp", "alpha_bs": 0.973, **later})
+    assert changed.run_id != config.run_id
+    assert TrainConfig.from_dict(changed.to_dict()) == changed  # saved in config.json, read back whole
+
+
+def test_growth_readings_are_unused_by_other_strategies() -> None:
+    assert resolve_config({"strategy": "hp"}).growth_variance is None
+    with pytest.raises(SettingsError, match="--growth-loss='objective' does not apply to strategy 'hp'"):
+        resolve_config({"strategy": "hp", "growth_loss": "objective"})
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5, float("nan")])
+def test_ema_decay_outside_the_open_unit_interval_is_refused(decay: float) -> None:
+    with pytest.raises(SettingsError, match=r"--ema-decay=.* is outside \(0, 1\)"):
+        resolve_config({"strategy": "sp", "ema_decay": decay})
 
 
 def test_config_round_trips_through_its_dict() -> None:

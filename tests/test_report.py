@@ -15,7 +15,7 @@ from dynhp_bench.cli import main
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, to_mb
 from dynhp_bench.results import RunFolder, run_path
-from dynhp_bench.train import summarize
+from dynhp_bench.train import Runtime, summarize, train
 
 FULL_BYTES = 1_066_440
 
@@ -402,3 +402,32 @@ def test_a_damaged_inference_json_is_one_line_naming_it(
     code, _, err = _run_cli(["report", "--results", str(tmp_path)], capsys)
     assert code == 2 and err.count("\n") == 1 and str(run / "inference.json") in err and "Traceback" not in err, err
     assert not (tmp_path / "report").exists()
+
+
+def test_calibration_table_reads_every_reading_and_finds_the_cap(synthetic_root: Path, tmp_path: Path) -> None:
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, device="cpu")
+    network = FULL_BYTES
+    readings = {"epoch/ceil/data/examples": {}, "step/floor/objective/mean/bessel": {
+        "growth_cadence": "step", "growth_rounding": "floor", "growth_loss": "objective",
+        "growth_variance": "mean", "growth_correction": "bessel"}}  # fmt: skip
+    for settings in readings.values():
+        config = TrainConfig(strategy="dynhp", epochs=4, batch_size=16, gamma=0.0, alpha_bs=0.5,
+                             budget_bytes=network + batch_bytes(40), **settings)  # fmt: skip
+        train(config, runtime)
+    data = figures.calibration_data(tmp_path)
+    assert sorted(data["reading"].unique()) == sorted(readings)
+    table = figures.calibration_table(data, at_epochs=(2, 4)).set_index("reading")
+    for reading in readings:
+        run = data[data["reading"] == reading].sort_values("epoch")
+        # γ = 0 prunes nothing, so the cap is 40 throughout: the first epoch trained at batch 40.
+        assert (run["cap_in_epoch"] == 40).all()
+        at_cap = run.loc[run["batch_size"] == 40, "epoch"]
+        got = table.loc[reading, "cap_epoch"]
+        assert (got == at_cap.min()) if len(at_cap) else pd.isna(got)
+        assert table.loc[reading, "batch_e4"] == run["batch_size"].iloc[3]
+        assert table.loc[reading, "mean_memory_mb"] == pytest.approx(run["memory_mb"].mean())
+    assert table.loc["epoch/ceil/data/examples", "batch_e2"] > 16, "Eq. 8 rounded up grows the batch every epoch"
+    assert table.loc["epoch/ceil/data/examples", "cap_epoch"] <= 4, "the comparison should cover reaching the cap"
+    png = figures.write_calibration(tmp_path, tmp_path / "docs")
+    assert png.stat().st_size > 0
+    assert len(pd.read_csv(png.with_suffix(".csv"))) == len(data)

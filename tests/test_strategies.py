@@ -72,6 +72,10 @@ def test_soft_pruning_and_hard_pruning_keep_the_batch_size() -> None:
         (0.972, 100.0, "floor", 16 + 2),
         (0.75, 4.0, "ceil", 16 + 1),  # exactly 1: ceil adds nothing extra
         (0.75, 4.0, "floor", 16 + 1),
+        (0.972, 100.0, "nearest", 16 + 3),  # 2.8 → 3
+        (0.975, 100.0, "nearest", 16 + 3),  # 2.5 → 3 (halves round up)
+        (0.976, 100.0, "nearest", 16 + 2),  # 2.4 → 2
+        (0.99, 40.0, "nearest", 16),  # 0.4 → 0
         (0.5, 0.0, "ceil", 16),
         (1.0, 1e6, "ceil", 16),
     ],

@@ -137,6 +137,27 @@ def test_the_paper_sweep_files_expand_to_the_papers_grids() -> None:
     assert len(everything) == 7 + 13 + 14 + 14 - 4
 
 
+def test_the_calibration_file_crosses_every_reading_with_the_grid_ends() -> None:
+    sweep = expand(read_sweep_file(SWEEPS_DIR / "calibrate_dynhp.toml"), overrides={"profile": "quick"})
+    readings = {"mnist": set(), "fashion": set()}
+    for group in sweep.groups:
+        configs = [p.config for p in group.points]
+        dataset = configs[0].dataset
+        assert [c.alpha_bs for c in configs] == ([0.971, 0.973, 0.975] if dataset == "mnist" else [0.979, 0.985, 0.989])
+        assert all(c.epochs == 100 and c.subset is None and c.batch_size == 16 for c in configs)
+        reading = {(c.growth_cadence, c.growth_rounding, c.growth_loss, c.growth_variance) for c in configs}
+        assert len(reading) == 1
+        readings[dataset] |= reading
+        # train with the same settings lands in the same run folder
+        cli = {"dataset": dataset, "strategy": "dynhp", "batch_size": 16, "epochs": 100, "profile": "quick",
+               "alpha_bs": configs[0].alpha_bs, **dict(zip(("growth_cadence", "growth_rounding", "growth_loss",
+               "growth_variance"), next(iter(reading)), strict=True))}  # fmt: skip
+        assert resolve_config(cli).run_id == group.points[0].run_id
+    assert readings["mnist"] == readings["fashion"]
+    assert ("epoch", "ceil", "data", "examples") in readings["mnist"], "today's default is one of the readings"
+    assert len(readings["mnist"]) == len(sweep.groups) // 2
+
+
 def _sweep_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "s.toml"
     path.write_text(text)

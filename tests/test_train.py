@@ -156,3 +156,55 @@ def test_a_complete_run_is_skipped_unless_forced(synthetic_root: Path, tmp_path:
     forced = train(config, _runtime(synthetic_root, tmp_path), force=True)
     assert not forced.skipped and len(forced.records) == 1
     assert RunFolder(forced.run_dir).is_complete
+
+
+def test_ema_follows_the_published_l0_code_and_is_evaluation_only(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, download=False)
+    config = TrainConfig(strategy="sp", epochs=1, batch_size=64, ema_decay=0.9)
+    trainer = Trainer(config, data, torch.device("cpu"))
+    params = list(trainer.net.parameters())
+    p0 = [p.detach().clone() for p in params]
+    p1 = [p + 1.0 for p in p0]
+    p2 = [p - 2.0 for p in p0]
+    for values in (p1, p2):
+        for param, value in zip(params, values, strict=True):
+            param.data = value.clone()
+        trainer._update_ema()
+    # L0MLP: avg starts at the initial parameters; avg ← 0.9·avg + 0.1·p after each step.
+    for average, a, b, c in zip(trainer.ema or [], p0, p1, p2, strict=True):
+        torch.testing.assert_close(average, 0.81 * a + 0.09 * b + 0.1 * c)
+    # Evaluation reads avg / (1 − 0.9²) and puts the trained parameters back.
+    averaged = trainer.test_error_pct()
+    assert all(torch.equal(p, c) for p, c in zip(params, p2, strict=True))
+    for param, average in zip(params, trainer.ema or [], strict=True):
+        param.data = average / (1.0 - 0.9**2)
+    assert trainer._test_error_pct() == averaged
+
+
+def test_ema_is_sliced_with_pruning_and_changes_nothing_but_test_error(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, download=False)
+    plain = TrainConfig(strategy="dynhp", epochs=3, batch_size=16, gamma=0.84, alpha_bs=0.9)
+    runs = {}
+    for decay in (None, 0.99):
+        trainer = Trainer(TrainConfig(**{**plain.__dict__, "ema_decay": decay}), data, torch.device("cpu"))
+        records = [trainer.run_epoch(epoch, last=epoch == 3) for epoch in range(1, 4)]
+        if decay is not None:
+            assert [t.shape for t in trainer.ema or []] == [p.shape for p in trainer.net.parameters()]
+        runs[decay] = pd.DataFrame(records).drop(columns=[*TIMING_COLUMNS, "test_error_pct"])
+    assert runs[None]["active_1"].iloc[-1] < 300, "the comparison should cover at least one pruning step"
+    pd.testing.assert_frame_equal(runs[None], runs[0.99])
+
+
+def test_ema_survives_a_checkpoint(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, download=False)
+    config = TrainConfig(strategy="hp", epochs=2, batch_size=64, gamma=0.84, ema_decay=0.95)
+    first = Trainer(config, data, torch.device("cpu"))
+    first.run_epoch(1, last=False)
+    state = first.state_dict()
+    uninterrupted = first.run_epoch(2, last=True)
+    resumed = Trainer(config, data, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    again = resumed.run_epoch(2, last=True)
+    assert again.test_error_pct == uninterrupted.test_error_pct
+    assert resumed.ema_steps == first.ema_steps
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema or [], first.ema or [], strict=True))

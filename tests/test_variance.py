@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench.gates import GatedMLP
-from dynhp_bench.variance import GradientTap, squared_norm, variance_l1
+from dynhp_bench.variance import GradientTap, growth_ratio, squared_norm, variance_l1
 
 
 def _brute_force_s_l1(net: GatedMLP, x: torch.Tensor, y: torch.Tensor, gates: list[torch.Tensor]) -> float:
@@ -68,3 +68,49 @@ def test_ungated_network_statistic_matches_too() -> None:
         per_example.append(torch.cat([g.flatten() for g in grads]))
     g = torch.stack(per_example)
     assert got == pytest.approx(float(((g**2).mean(0) - g.mean(0) ** 2).sum()), rel=1e-9)
+
+
+def _per_example_grads(net: GatedMLP, x: torch.Tensor, y: torch.Tensor, gates: list[torch.Tensor]) -> torch.Tensor:
+    rows = []
+    for i in range(x.shape[0]):
+        loss = F.cross_entropy(net(x[i : i + 1], gates), y[i : i + 1])
+        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, net.weight_parameters())]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("variance", ["examples", "mean"])
+@pytest.mark.parametrize("correction", ["none", "bessel"])
+@pytest.mark.parametrize("loss", ["data", "objective"])
+def test_every_reading_of_eq_8_matches_brute_force(variance: str, correction: str, loss: str) -> None:
+    batch = 9
+    generator = torch.Generator().manual_seed(11)
+    net = GatedMLP((12, 8, 5, 3), generator=generator).double()
+    x = torch.rand(batch, 12, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (batch,), generator=generator)
+    gates = net.split(net.sample(None, generator).double())
+    g = _per_example_grads(net, x, y, gates)
+    # Brute force: torch's own variance over the examples, biased (÷B) or unbiased (÷(B−1)).
+    s_examples = float(g.var(0, unbiased=correction == "bessel").sum())
+    expected_s = s_examples / batch if variance == "mean" else s_examples
+    # The mean of the per-example losses is the mini-batch data loss; the objective adds the penalty.
+    data_loss = F.cross_entropy(net(x, gates), y).detach()
+    penalty = torch.tensor(0.25, dtype=torch.float64)
+    expected_f = float(data_loss) + (0.25 if loss == "objective" else 0.0)
+    got = growth_ratio(
+        torch.tensor(_tap_s_l1(net, x, y, gates), dtype=torch.float64),
+        data_loss,
+        penalty,
+        batch,
+        variance=variance,
+        loss=loss,
+        correction=correction,
+    )
+    assert float(got) == pytest.approx(expected_s / expected_f, rel=1e-9)
+
+
+def test_bessel_correction_leaves_a_single_example_alone() -> None:
+    # B/(B−1) is undefined at B = 1, where S is 0 anyway: the statistic is passed through, not divided by 0.
+    got = growth_ratio(
+        torch.tensor(3.0), torch.tensor(2.0), 0.0, 1, variance="examples", loss="data", correction="bessel"
+    )
+    assert float(got) == 1.5
