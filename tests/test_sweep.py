@@ -3,6 +3,7 @@ exactly-once bookkeeping (run in this process against a journal in a temporary f
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 from dynhp_bench.cli import main
 from dynhp_bench.config import resolve_config
 from dynhp_bench.errors import SettingsError, StorageError
-from dynhp_bench.results import COMPLETE_MARKER, RunFolder, run_path
+from dynhp_bench.results import COMPLETE_MARKER, RUNS_DIR, RunFolder, run_path
 from dynhp_bench.sweep import (
     PAPER_SWEEPS,
     SWEEPS_DIR,
@@ -437,6 +438,25 @@ def test_a_rerun_retrains_a_deleted_run_and_one_without_its_marker(synthetic_roo
     assert work(plan, poll_s=0.01) == 2
     assert all(RunFolder(p).has_result() for p in (deleted, unmarked, kept))
     assert (kept / "summary.json").stat().st_mtime_ns == kept_at
+
+
+def test_a_point_trained_into_another_results_folder_is_not_trained_again(synthetic_root: Path, tmp_path: Path) -> None:
+    # Two machines share one storage but each has its own results folder: a point one of them trained counts as
+    # done for the other (its folder is not there to check), while its own deleted runs are still retrained.
+    journal = parse_storage(str(tmp_path / "shared.journal"), tmp_path)
+    machine_a, machine_b = (
+        dataclasses.replace(_plan(tmp_path / name, synthetic_root, "0.3,0.4"), storage=journal) for name in "ab"
+    )
+    assert work(machine_a, poll_s=0.01) == 2
+    assert work(machine_b, poll_s=0.01) == 0
+    assert not (tmp_path / "b" / RUNS_DIR).exists()
+    store = open_store(journal)
+    try:
+        assert snapshot(machine_b, open_studies(machine_b, store)).done == 2
+    finally:
+        store.close()
+    shutil.rmtree(run_path(tmp_path / "a", machine_a.sweep.points[0].run_id))
+    assert work(machine_a, poll_s=0.01) == 1
 
 
 def test_a_damaged_summary_does_not_count_as_done(synthetic_root: Path, tmp_path: Path) -> None:

@@ -61,9 +61,7 @@ def snapshot(plan: WorkerPlan, studies: dict[str, optuna.Study]) -> Snapshot:
     for group in plan.sweep.groups:
         grid = set(group.run_ids)
         group_trials = [t for t in studies[group.study].get_trials(deepcopy=False) if _belongs(t, group, grid)]
-        complete = {
-            rid for t in group_trials if t.state == TrialState.COMPLETE for rid in run_ids_of(t) if finished(rid)
-        }
+        complete = {rid for t in group_trials if finished.holds(t) for rid in run_ids_of(t)}
         live = [t for t in group_trials if t.state == TrialState.RUNNING]
         total += group.size
         failed += sum(t.state == TrialState.FAIL for t in group_trials)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 import uuid
 import warnings
@@ -49,6 +50,8 @@ DONE = "done"
 WAIT = "wait"
 FOR_GOOD_ATTR = "failed_for_good_in"  # the sweep command (its session id) in which a trial failed because of its data
 RESULT_ATTRS = ("final_error_pct", "training_memory_mb", "model_size_mb")
+# Where a trial's run folders live ({"host", "root"}): only a folder this worker can see is checked for its result.
+RESULTS_ATTR = "results"
 REUSED_ATTR = "reused_runs"  # runs of the trial found complete in the results folder, not trained again
 
 
@@ -173,6 +176,7 @@ def work(plan: WorkerPlan, *, poll_s: float = POLL_S) -> int:
                 with store.claim_lock():
                     claim = claim_next(plan, studies, store)
                 if isinstance(claim, Claim):
+                    claim.trial.set_user_attr(RESULTS_ATTR, results_location(plan.runtime.results_root))
                     run_claim(claim, plan.runtime, store, session=plan.session)
                     ran += 1
                 elif claim == DONE:
@@ -197,9 +201,9 @@ def claim_next(plan: WorkerPlan, studies: dict[str, optuna.Study], store: Store)
     for group in plan.sweep.groups:
         study, group_trials = studies[group.study], trials[group.study]
         if group.search is None:
-            done = {rid for t in group_trials if t.state == TrialState.COMPLETE for rid in run_ids_of(t)}
+            done = {rid for t in group_trials if finished.holds(t) for rid in run_ids_of(t)}
             for point in group.points:
-                if (point.run_id in done and finished(point.run_id)) or point.run_id in failed_for_good:
+                if point.run_id in done or point.run_id in failed_for_good:
                     continue
                 unfinished = True
                 if point.run_id not in running:
@@ -219,11 +223,22 @@ def claim_next(plan: WorkerPlan, studies: dict[str, optuna.Study], store: Store)
     return WAIT if unfinished else DONE
 
 
+def results_location(results_root: Path) -> dict[str, str]:
+    """This machine and results folder, as recorded on the trials it trains (user attribute ``results``)."""
+    return {"host": socket.gethostname(), "root": str(Path(results_root).resolve())}
+
+
 class FinishedRuns:
-    """Whether a run folder holds a result (COMPLETE and a readable summary), each folder read once per claim."""
+    """Whether a COMPLETE trial's runs still hold their results, each folder read once per claim.
+
+    A folder this worker can see (the trial was trained on this host into this results folder, or records no
+    location) must hold COMPLETE and a readable summary. A trial trained on another machine, or into another
+    results folder, is taken from the storage as it is: its folder is not here to check.
+    """
 
     def __init__(self, results_root: Path) -> None:
         self.results_root = Path(results_root)
+        self.here = results_location(self.results_root)
         self.seen: dict[str, bool] = {}
 
     def __call__(self, run_id: str) -> bool:
@@ -231,10 +246,19 @@ class FinishedRuns:
             self.seen[run_id] = RunFolder(run_path(self.results_root, run_id)).has_result()
         return self.seen[run_id]
 
+    def holds(self, trial: FrozenTrial) -> bool:
+        """Whether `trial` is COMPLETE and its runs count as done."""
+        if trial.state != TrialState.COMPLETE:
+            return False
+        where = trial.user_attrs.get(RESULTS_ATTR)
+        if isinstance(where, dict) and where != self.here:
+            return True
+        return all(self(r) for r in run_ids_of(trial))
+
 
 def complete_search_trials(trials: list[FrozenTrial], finished: FinishedRuns) -> list[FrozenTrial]:
-    """A search group's COMPLETE trials whose runs all still hold their results."""
-    return [t for t in trials if t.state == TrialState.COMPLETE and all(finished(r) for r in run_ids_of(t))]
+    """A search group's COMPLETE trials whose runs count as done (`FinishedRuns.holds`)."""
+    return [t for t in trials if finished.holds(t)]
 
 
 def failed_for_good_in(trial: FrozenTrial, session: str) -> bool:
