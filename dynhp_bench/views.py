@@ -45,20 +45,21 @@ def duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         minutes = round(seconds / 60)
         return f"{minutes // 60} h {minutes % 60:02d} min"
-    return f"{seconds / 86400:.1f} days"
+    days = seconds / 86400
+    return f"{days:.1f} days" if days < 100 else f"{days:,.0f} days"
 
 
 def plan_line(runs_left: int, epochs_left: int, estimate: Estimate | None) -> str:
-    """One line (at most 80 columns for any count under a million) telling what a sweep has left to train and,
-    when estimated, how long it will take."""
+    """One line (at most 80 columns for fewer than 10,000 runs and 10 million epochs) telling what a sweep has
+    left to train and, when estimated, how long it will take (up to: some runs get cheaper as they train)."""
     if runs_left == 0:
         return "plan: nothing left to train"
-    counts = f"plan: {runs_left:,} run{'s' * (runs_left != 1)} left, {epochs_left:,} epochs"
+    counts = f"plan: {runs_left:,} run{'s' * (runs_left != 1)} ({epochs_left:,} epochs) left"
     if estimate is None:
         return f"{counts} (--estimate times them)"
-    bound = "at most" if estimate.upper_bound else "about"
     workers = f"{estimate.workers} worker{'s' * (estimate.workers != 1)}"
-    return f"{counts}, {bound} {duration(estimate.wall_s)} with {workers}"
+    bound = "up to" if estimate.upper_bound else "about"
+    return f"{counts}: {bound} {duration(estimate.wall_s)} with {workers}"
 
 
 def _columns(*, label_width: int, count_width: int) -> tuple[ProgressColumn, ...]:
