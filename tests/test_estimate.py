@@ -77,8 +77,8 @@ def test_sweep_prints_the_plan_before_training(
     def sweep(values: str, *extra: str) -> str:
         with pytest.raises(SystemExit) as info:
             main(["sweep", "lambda", "--values", values, "--strategy", "sp", "--batch-size", "64", "--profile",
-                  "smoke", "--subset", "256", "--epochs", "2", "--data-dir", str(synthetic_root), "--out", str(tmp_path), "--threads",
-                  "1", "--quiet", *extra])  # fmt: skip
+                  "smoke", "--subset", "256", "--epochs", "2", "--data-dir", str(synthetic_root), "--out",
+                  str(tmp_path), "--threads", "1", "--quiet", *extra])  # fmt: skip
         assert info.value.code == 0
         return capsys.readouterr().err
 
