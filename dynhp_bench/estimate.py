@@ -109,18 +109,22 @@ class Calibration:
 
 
 def calibrate(config: TrainConfig, data: Dataset, device: torch.device, *, steps: int, clock: Clock) -> Calibration:
-    """Time `config`'s training steps (`steps` untimed, then `steps` timed) and one test evaluation."""
-    images = min(steps * config.batch_size, data.n_train)
+    """Time `config`'s training steps (`steps` untimed, then `steps` timed) and one evaluation (the test set, and
+    the validation split when the run holds one out)."""
+    held_out = config.validation_split or 0
+    images = min(steps * config.batch_size + held_out, data.n_train)
     head = Dataset(data.name, data.train_x[:images], data.train_y[:images], data.test_x, data.test_y)
-    trainer = Trainer(dataclasses.replace(config, validation_split=None), head, device)
+    trainer = Trainer(config, head, device)
     trainer.run_epoch(1, last=True)  # warm-up; last=True: no pruning, the network stays as set up
     started = clock()
     trainer.run_epoch(2, last=True)  # its steps and one evaluation
     epoch_s = clock() - started
     started = clock()
     trainer.test_error_pct()
+    if held_out:
+        trainer.validation_loss()
     eval_s = clock() - started
-    return Calibration(max(epoch_s - eval_s, 0.0) / steps_per_epoch(images, config.batch_size), eval_s)
+    return Calibration(max(epoch_s - eval_s, 0.0) / steps_per_epoch(images - held_out, config.batch_size), eval_s)
 
 
 def start_up_s(dataset: str, runtime: Runtime, *, clock: Clock) -> float:

@@ -11,7 +11,7 @@ from dynhp_bench.cli import main
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import load_dataset
 from dynhp_bench.estimate import Estimate, RunLeft, estimate, schedule_wall_s, steps_per_epoch
-from dynhp_bench.train import Runtime, Trainer
+from dynhp_bench.train import Runtime, StepTotals, Trainer, flushing_subnormals, subnormals_flushed
 from dynhp_bench.views import duration, plan_line
 
 from .conftest import SYNTHETIC_TRAIN
@@ -55,6 +55,8 @@ def test_the_estimate_extrapolates_the_measured_times(synthetic_root: Path, tmp_
     assert got.calibration_s == pytest.approx(5.5)
     dynhp = estimate([RunLeft(TrainConfig(strategy="dynhp", epochs=1))], runtime, steps=2, worker_start_s=0.0)
     assert dynhp.upper_bound and dynhp.wall_s > 0
+    held_out = TrainConfig(strategy="dyprune", epochs=1, validation_split=128)  # trains on 384 of the 512 images
+    assert estimate([RunLeft(held_out)], runtime, steps=2, worker_start_s=0.0).wall_s > 0
 
 
 def test_the_plan_line_fits_80_columns_and_says_what_it_knows() -> None:
@@ -87,14 +89,24 @@ def test_sweep_prints_the_plan_before_training(
     assert "\nplan: nothing left to train\n" in sweep("0.01,0.02")
 
 
-def test_the_trainer_flushes_subnormal_floats_to_zero(synthetic_root: Path) -> None:
+def test_the_trainer_flushes_subnormal_floats_while_it_trains_only(
+    synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = load_dataset("mnist", synthetic_root, download=False)
-    torch.set_flush_denormal(False)
-    try:
-        trainer = Trainer(TrainConfig(strategy="sp", profile="smoke"), data, torch.device("cpu"))
-        if not trainer.flushes_denormals:
-            pytest.skip("this CPU cannot flush subnormal floats (no SSE3)")
-        tiny = torch.full((4,), 1e-30) * 1e-10  # 1e-40: subnormal in float32
-        assert (tiny == 0).all()
-    finally:
-        torch.set_flush_denormal(True)
+    trainer = Trainer(TrainConfig(strategy="sp", profile="smoke", subset=None), data, torch.device("cpu"))
+    seen: list[bool] = []
+    train_steps = Trainer._train_steps
+
+    def recording(self: Trainer, epoch: int) -> StepTotals:
+        seen.append(subnormals_flushed())
+        return train_steps(self, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_steps", recording)
+    assert not subnormals_flushed()  # IEEE arithmetic, as Python and Hypothesis expect
+    with flushing_subnormals():
+        if not subnormals_flushed():
+            pytest.skip("this CPU cannot flush subnormal floats")
+    trainer.run_epoch(1, last=True)
+    assert seen == [True]
+    assert not subnormals_flushed()  # restored after the epoch
+    assert float(torch.full((), 1e-30) * 1e-10) == pytest.approx(1e-40, rel=0.01)
