@@ -20,7 +20,7 @@ import typer
 
 from dynhp_bench import __version__, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
-from dynhp_bench.bench import DEFAULT_BATCH_SIZES, run_bench, targets, train_peak_rss_bytes
+from dynhp_bench.bench import DEFAULT_BATCH_SIZES, DEFAULT_WARM_UP_EPOCHS, run_bench, targets, train_peak_rss_bytes
 from dynhp_bench.config import (
     CHOICES,
     DEFAULT_PROFILE,
@@ -32,6 +32,8 @@ from dynhp_bench.config import (
 )
 from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
+from dynhp_bench.estimate import estimate as estimate_wall
+from dynhp_bench.estimate import runs_left
 from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, staged_folder, write_text_atomic
 from dynhp_bench.sweep import (
     COMPETITOR_SWEEPS,
@@ -62,6 +64,7 @@ from dynhp_bench.views import (
     SweepProgress,
     err_console,
     out_console,
+    plan_line,
     print_bench,
     print_check,
     print_configurations,
@@ -389,6 +392,13 @@ HeartbeatOption = Annotated[
     int, typer.Option(help=f"PostgreSQL: seconds between heartbeats; {GRACE_HEARTBEATS} missed fail the trial")
 ]
 QuietOption = Annotated[bool, typer.Option(help="No progress display")]
+EstimateOption = Annotated[
+    bool,
+    typer.Option(
+        "--estimate/--no-estimate",
+        help="Before training, time a few steps of each kind of run left and print the expected wall time",
+    ),
+]
 
 
 @app.command("sweep")
@@ -417,6 +427,7 @@ def sweep_command(
     threads: ThreadsOption = None,
     heartbeat_s: HeartbeatOption = DEFAULT_HEARTBEAT_S,
     quiet: QuietOption = False,
+    estimate: EstimateOption = True,
     train_options: dict[str, Any],
 ) -> None:
     """Run every point × seed of a grid once (or a sampler's search), resumable, with any number of workers."""
@@ -451,7 +462,7 @@ def sweep_command(
             raise
         raise SettingsError(f"sweep file {str(file)!r}: {exc}") from None
     status = _run_sweep(sweep, runtime_options, storage=storage, workers=workers, threads=threads,
-                        heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
+                        heartbeat_s=heartbeat_s, quiet=quiet, estimate=estimate)  # fmt: skip
     if status:
         raise typer.Exit(status)
 
@@ -477,6 +488,7 @@ def reproduce_command(
         ),
     ] = False,
     quiet: QuietOption = False,
+    estimate: EstimateOption = True,
     train_options: dict[str, Any],
 ) -> None:
     """Run every sweep file the paper's tables and figures need (with --competitors, the competitors' too),
@@ -486,7 +498,7 @@ def reproduce_command(
     what = "the paper's tables and figures" + (" and the competitors" if competitors else "")
     sweep = combine(sweeps, name="reproduce", description=f"{what}, {profile} profile")
     status = _run_sweep(sweep, train_options, storage=storage, workers=workers, threads=threads,
-                        heartbeat_s=heartbeat_s, quiet=quiet)  # fmt: skip
+                        heartbeat_s=heartbeat_s, quiet=quiet, estimate=estimate)  # fmt: skip
     results_root = Path(train_options["out"]).resolve()
     complete = len({p.run_id for p in sweep.points if RunFolder(run_path(results_root, p.run_id)).is_complete})
     out_console.print(
@@ -516,6 +528,7 @@ def _run_sweep(
     threads: int | None,
     heartbeat_s: int,
     quiet: bool,
+    estimate: bool = True,
 ) -> int:
     """Check everything, then run the pool with a progress display; return the exit status (0 when finished)."""
     bound, why = max_workers()
@@ -549,6 +562,10 @@ def _run_sweep(
         highlight=False,
         soft_wrap=True,
     )
+    left = runs_left(sweep, out)
+    wall = estimate_wall(left, runtime) if estimate and left else None
+    epochs_left = sum(run.epochs_left for run in left)
+    err_console.print(plan_line(len(left), epochs_left, wall), highlight=False, soft_wrap=True)
     try:
         with SweepProgress(plan, enabled=not quiet) as progress:
             outcome = run_pool(plan, workers=workers, on_update=progress.update)
@@ -744,6 +761,9 @@ def bench_command(
         str(b) for b in DEFAULT_BATCH_SIZES
     ),
     repeats: Annotated[int, typer.Option(help="Timed epochs per case (the fastest is reported)")] = 3,
+    warm_up_epochs: Annotated[
+        int, typer.Option(help="Untimed epochs each case trains first, over the whole training set")
+    ] = DEFAULT_WARM_UP_EPOCHS,
     subset: Annotated[int | None, typer.Option(help="Time on the first N training images only")] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Data root", show_default="$DYNHP_DATA, else ~/.cache/dynhp-bench/data")
@@ -761,6 +781,7 @@ def bench_command(
     """
     sizes = _positive_ints("--batch-sizes", batch_sizes)
     check_count("--repeats", repeats, low=1, high=MAX_REPEATS)
+    check_count("--warm-up-epochs", warm_up_epochs, low=0, high=MAX_REPEATS)
     check_count("--subset", subset, low=1, high=MAX_SUBSET)
     if inference or run_dirs:
         if not (inference and run_dirs):
@@ -776,14 +797,17 @@ def bench_command(
     data = load_dataset(dataset, root, subset=subset)
     csv_path = out / "bench" / "bench.csv"
     err_console.print(
-        f"timing {len(sizes) * 5} cases × {repeats} epochs on {data.n_train} {dataset} images, "
+        f"timing {len(sizes) * 5} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "
+        f"{dataset} images, "
         f"{torch.get_num_threads()} threads, {torch_device}"
     )
 
     def show(case: str, batch: int, seconds: float) -> None:
         err_console.print(f"  {case:>5} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
 
-    frame, peak = run_bench(data, batch_sizes=sizes, repeats=repeats, device=torch_device, on_epoch=show)
+    frame, peak = run_bench(
+        data, batch_sizes=sizes, repeats=repeats, warm_up_epochs=warm_up_epochs, device=torch_device, on_epoch=show
+    )
     _save_csv(frame, csv_path)
     print_bench(frame, dataset=dataset, peak_gflops=peak, checks=targets(frame))
     if memory:

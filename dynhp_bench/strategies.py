@@ -94,7 +94,8 @@ class Strategy:
     4. `units_to_remove(net, activation_rates)`, only if `removes_physically()` is True; the trainer then
        slices the weights, masks, biases, gates, Adam moments and input columns of the units marked True;
     5. `next_batch_size(batch_size, stats, memory)` for the next epoch (after every step instead, with
-       ``growth_cadence="step"``).
+       ``growth_cadence="step"``); `grows_batch` True says it may return more than it was given (estimates
+       made at the initial batch size are then upper bounds).
 
     Steps 3 and 4 are skipped after the last epoch, so the reported model is the one evaluated.
     `uses_gates` False gives a plain MLP with no gates and no penalty. `settings` names the fields of
@@ -106,6 +107,7 @@ class Strategy:
     uses_gates: ClassVar[bool] = True
     needs_gradient_variance: ClassVar[bool] = False
     needs_validation_loss: ClassVar[bool] = False
+    grows_batch: ClassVar[bool] = False
     settings: ClassVar[tuple[str, ...]] = GATE_SETTINGS
 
     def __init__(self, config: TrainConfig) -> None:
@@ -168,6 +170,7 @@ class DynamicHardPruning(HardPruning):
 
     key = "dynhp"
     needs_gradient_variance = True
+    grows_batch = True
     settings = (
         *HardPruning.settings,
         "alpha_bs",

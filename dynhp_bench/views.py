@@ -18,6 +18,7 @@ from rich.table import Column, Table
 from dynhp_bench import report
 from dynhp_bench.baseline import Verdict
 from dynhp_bench.bench import Target
+from dynhp_bench.estimate import Estimate
 from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord, to_mb
 from dynhp_bench.sweep import Snapshot, TrialView, WorkerPlan, epochs_done, group_results
 
@@ -33,6 +34,32 @@ def clock(seconds: float) -> str:
         return "-:--:--"
     whole = max(round(seconds), 0)
     return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+def duration(seconds: float) -> str:
+    """A wall time to plan by: seconds, minutes, hours and minutes, or days."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        minutes = round(seconds / 60)
+        return f"{minutes // 60} h {minutes % 60:02d} min"
+    days = seconds / 86400
+    return f"{days:.1f} days" if days < 100 else f"{days:,.0f} days"
+
+
+def plan_line(runs_left: int, epochs_left: int, estimate: Estimate | None) -> str:
+    """One line (at most 80 columns for fewer than 10,000 runs and 10 million epochs) telling what a sweep has
+    left to train and, when estimated, how long it will take (up to: some runs get cheaper as they train)."""
+    if runs_left == 0:
+        return "plan: nothing left to train"
+    counts = f"plan: {runs_left:,} run{'s' * (runs_left != 1)} ({epochs_left:,} epochs) left"
+    if estimate is None:
+        return f"{counts} (--estimate times them)"
+    workers = f"{estimate.workers} worker{'s' * (estimate.workers != 1)}"
+    bound = "up to" if estimate.upper_bound else "about"
+    return f"{counts}: {bound} {duration(estimate.wall_s)} with {workers}"
 
 
 def _columns(*, label_width: int, count_width: int) -> tuple[ProgressColumn, ...]:

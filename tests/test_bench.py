@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from dynhp_bench.bench import CASES, hp20_trainer, targets
+from dynhp_bench.bench import CASES, hp20_trainer, run_bench, targets
 from dynhp_bench.cli import main
 from dynhp_bench.data import load_dataset
-from dynhp_bench.metrics import epoch_flops, weight_count
+from dynhp_bench.metrics import EpochRecord, epoch_flops, weight_count
+from dynhp_bench.train import Trainer
 
 
 def test_bench_writes_one_row_per_case_and_batch_size(
@@ -74,6 +75,7 @@ def test_bad_batch_sizes_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
         (["--subset", "0"], "--subset=0 is not valid"),
         (["--subset", "-5"], "--subset=-5 is not valid"),
         (["--repeats", "100000000"], "--repeats=100000000 is not valid"),
+        (["--warm-up-epochs", "-1"], "--warm-up-epochs=-1 is not valid"),
         (["--threads", "100000000000"], "--threads=100000000000 is not valid"),
     ],
 )
@@ -85,3 +87,19 @@ def test_bench_refuses_bad_counts_before_timing_anything(
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1 and fragment in err, err
     assert not (tmp_path / "out").exists() and not (tmp_path / "none").exists()
+
+
+def test_the_timed_trainers_are_the_warmed_up_ones(synthetic_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    run_epoch = Trainer.run_epoch
+
+    def counted(self: Trainer, epoch: int, *, last: bool) -> EpochRecord:
+        calls.append((id(self), self.train_x.shape[0]))
+        return run_epoch(self, epoch, last=last)
+
+    monkeypatch.setattr(Trainer, "run_epoch", counted)
+    data = load_dataset("mnist", synthetic_root, download=False)
+    run_bench(data, batch_sizes=(64,), repeats=1, warm_up_epochs=2)
+    trainers = {trainer for trainer, _ in calls}
+    assert len(trainers) == len(CASES) - 1  # every case but the plain loop
+    assert sorted(calls.count((t, 512)) for t in trainers) == [3] * 4  # 2 warm-up + 1 timed, all 512 images
