@@ -353,9 +353,11 @@ def plot_pareto(data: pd.DataFrame, dataset: str) -> Figure:
         ax.plot(xs[:1] + xs[2:], ys[:1] + ys[2:], "k--", lw=1, label="Pareto front")
         ax.set_xlim(left, right)
         ax.set_ylim(bottom, top)
-        for row in front.itertuples():
+        # Neighbours on the front may nearly coincide (DyPrune dynamic and static): alternate their labels above and
+        # below the point so that they do not print over each other.
+        for index, row in enumerate(front.itertuples()):
             ax.annotate(row.label, (row.training_memory_mb, row.final_error_pct), textcoords="offset points",
-                        xytext=(6, 6), fontsize="small")  # fmt: skip
+                        xytext=(6, 6 if index % 2 == 0 else -14), fontsize="small")  # fmt: skip
     name = DATASET_NAMES.get(dataset, dataset)
     if data.empty:
         ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="grey")
