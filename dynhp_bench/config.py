@@ -410,9 +410,9 @@ def _flag(name: str) -> str:
 
 
 def _check_int(name: str, value: Any, *, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        shown = f"{value!r}" if not isinstance(value, int) or abs(value) < 10**30 else f"{value:.3e}"
-        raise SettingsError(f"{_flag(name)}={shown} is not valid; expected an integer from {low} to {high}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingsError(f"{_flag(name)}={value!r} is not valid; expected an integer from {low} to {high}")
+    check_count(_flag(name), value, low=low, high=high)
 
 
 def check_count(flag: str, value: int | None, *, low: int, high: int, why: str = "") -> None:

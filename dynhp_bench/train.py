@@ -369,23 +369,24 @@ class Trainer:
                 param.data = data
 
     def _test_error_pct(self) -> float:
+        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
+        for logits, labels in self._evaluated(self.test_x, self.test_y):
+            wrong += (logits.argmax(1) != labels).sum()
+        return 100.0 * float(wrong) / self.test_x.shape[0]
+
+    def _evaluated(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Logits and labels in chunks of `EVAL_CHUNK` images, with deterministic gates (call under no_grad)."""
         self.net.eval()
         gates = self.net.deterministic_gates()
-        wrong = torch.zeros((), device=self.device, dtype=torch.int64)
-        for start in range(0, self.test_x.shape[0], EVAL_CHUNK):
-            logits = self.net(self.test_x[start : start + EVAL_CHUNK], gates)
-            wrong += (logits.argmax(1) != self.test_y[start : start + EVAL_CHUNK]).sum()
-        return 100.0 * float(wrong) / self.test_x.shape[0]
+        for start in range(0, images.shape[0], EVAL_CHUNK):
+            yield self.net(images[start : start + EVAL_CHUNK], gates), labels[start : start + EVAL_CHUNK]
 
     @torch.no_grad()
     def validation_loss(self) -> float:
         """Mean cross-entropy on the validation split, with deterministic gates."""
-        self.net.eval()
-        gates = self.net.deterministic_gates()
         total = torch.zeros((), device=self.device)
-        for start in range(0, self.val_x.shape[0], EVAL_CHUNK):
-            logits = self.net(self.val_x[start : start + EVAL_CHUNK], gates)
-            total += F.cross_entropy(logits, self.val_y[start : start + EVAL_CHUNK], reduction="sum")
+        for logits, labels in self._evaluated(self.val_x, self.val_y):
+            total += F.cross_entropy(logits, labels, reduction="sum")
         return float(total) / self.val_x.shape[0]
 
     @torch.no_grad()
