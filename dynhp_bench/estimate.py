@@ -29,9 +29,9 @@ import torch
 
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
-from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.strategies import STRATEGIES
 from dynhp_bench.sweep import Sweep, epochs_done
+from dynhp_bench.sweep.worker import FinishedRuns
 from dynhp_bench.threads import default_threads
 from dynhp_bench.train import Runtime, Trainer, train
 
@@ -75,8 +75,9 @@ def runs_left(sweep: Sweep, results_root: Path) -> list[RunLeft]:
     still needs (its first incomplete points stand for them)."""
     seen: set[str] = set()
     left: list[RunLeft] = []
+    finished = FinishedRuns(results_root)  # the claim's own test of a folder's result
     for group in sweep.groups:
-        complete = [RunFolder(run_path(results_root, p.run_id)).is_complete for p in group.points]
+        complete = [finished(p.run_id) for p in group.points]
         wanted = max(group.size - sum(complete), 0) if group.search is not None else len(group.points)
         for point, done in zip(group.points, complete, strict=True):
             if done or point.run_id in seen or wanted == 0:
