@@ -146,6 +146,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, *, console: Consol
         ("final error", f"{summary['final_error_pct']:.2f} %"),
         ("best error", f"{summary['best_error_pct']:.2f} % (epoch {summary['best_epoch']})"),
         ("model size", f"{summary['model_size_mb']:.3f} MB  ({summary['model_bytes']:,} bytes)"),
+        ("non-zero parameters", f"{summary['nonzero_params']:,}" if "nonzero_params" in summary else "—"),
         (
             "training memory",
             f"{summary['training_memory_mb']:.3f} {TRAINING_MEMORY_UNIT} over {summary['epochs']} epochs "

@@ -97,6 +97,19 @@ def test_run_summary_labels_training_memory_and_wall_time_at_80_columns() -> Non
     assert "mnist-dynhp-b16-a0.972-e20-s0-1234abcd" in text
 
 
+def test_run_summary_shows_the_non_zero_parameters_when_the_run_recorded_them() -> None:
+    summary = {"run_id": "mnist-dyprune-b128-e20-s0-1234abcd", "final_error_pct": 2.5, "best_error_pct": 2.4,
+               "best_epoch": 19, "model_size_mb": 1.041, "model_bytes": 1_066_440, "training_memory_mb": 0.02,
+               "epochs": 20, "mean_memory_mb": 1.0, "batch_size_initial": 128, "batch_size_final": 128,
+               "active_final": [784, 300, 100], "wall_s": 60.0, "peak_rss_bytes": 300 * 2**20}  # fmt: skip
+    for recorded, shown in ((13_974, "13,974"), (None, "—")):
+        console = Console(file=io.StringIO(), width=WIDTH, record=True)
+        with_count = summary if recorded is None else {**summary, "nonzero_params": recorded}
+        views.print_run_summary(with_count, Path("results/runs/x"), console=console)
+        row = next(line for line in _fits(console.export_text()) if "non-zero parameters" in line)
+        assert shown in row
+
+
 def _plan(tmp_path: Path) -> WorkerPlan:
     settings = {"strategy": "dynhp", "profile": "quick", "dataset": "fashion"}
     spec = command_line_spec("alpha_bs", range_text=None, values="0.971,0.972,0.973", settings=settings, trials=None,
