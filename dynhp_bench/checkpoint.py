@@ -66,10 +66,12 @@ def load_checkpoint(path: Path, *, run_id: str | None = None) -> dict[str, Any]:
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise ResultsError(f"checkpoint {path} is not a dynhp-bench checkpoint")
     missing = [key for key in REQUIRED_KEYS if key not in document]
-    if missing or document["version"] != VERSION:
+    if missing:
+        raise ResultsError(f"checkpoint {path} lacks {', '.join(missing)}; expected {', '.join(REQUIRED_KEYS)}")
+    if document["version"] != VERSION:
         raise ResultsError(
-            f"checkpoint {path} has format version {document.get('version')!r} or lacks {', '.join(missing)}; "
-            f"expected version {VERSION} with {', '.join(REQUIRED_KEYS)}"
+            f"checkpoint {path} has format version {document['version']!r}, written by an older dynhp-bench; "
+            f"expected version {VERSION} (train the run again with --force)"
         )
     if run_id is not None and document["run_id"] != run_id:
         raise ResultsError(f"checkpoint {path} belongs to run {document['run_id']!r}, not {run_id!r}")

@@ -216,6 +216,20 @@ def _broken_checkpoints(tmp_path: Path) -> dict[str, Path]:
     return {"truncated": truncated, "foreign": foreign, "garbage": garbage}
 
 
+def test_an_older_or_incomplete_checkpoint_says_which(tmp_path: Path) -> None:
+    older = tmp_path / "older.pt"
+    torch.save({"format": "dynhp-bench-checkpoint", "version": 1, "run_id": "r", "epoch": 1, "trainer": {},
+                "records": []}, older)  # fmt: skip
+    with pytest.raises(ResultsError) as info:
+        load_checkpoint(older)
+    assert str(older) in str(info.value) and "format version 1" in str(info.value) and "lacks" not in str(info.value)
+    partial = tmp_path / "partial.pt"
+    torch.save({"format": "dynhp-bench-checkpoint", "version": 2, "run_id": "r"}, partial)
+    with pytest.raises(ResultsError) as info:
+        load_checkpoint(partial)
+    assert str(partial) in str(info.value) and "lacks epoch, trainer, records" in str(info.value)
+
+
 class _Exploit:
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return (os.system, ("touch PWNED",))
