@@ -608,11 +608,19 @@ def report_command(
     ] = False,
     results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
     out: Annotated[Path | None, typer.Option(help="Where the report lands", show_default="RESULTS/report")] = None,
+    calibration: Annotated[
+        bool,
+        typer.Option(
+            "--calibration",
+            help="Also Eq. 8's calibration (docs/fidelity.md): DynHP's batch size vs epoch per reading, and its table",
+        ),
+    ] = False,
 ) -> None:
     """Summarise the runs, or regenerate the paper's tables and figures (--paper-tables).
 
-    Without --paper-tables: every configuration, mean ± std over seeds. With it: Tables 1-3 and Figures 1-7 as
-    CSV, Markdown and PNG.
+    Without --paper-tables: every configuration, mean ± std over seeds. With it: Tables 1-3 and Figures 1-7
+    as CSV, Markdown and PNG. With --calibration: every DynHP run's batch trajectory by reading of Eq. 8,
+    finished runs or not (the calibration of docs/fidelity.md).
     """
     started = time.perf_counter()
     index = report.index_runs(results)
@@ -661,6 +669,12 @@ def report_command(
         else:
             print_configurations(configs)
         written += _write_competitors(configs, out)
+        if calibration:
+            from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+
+            png = figures.write_calibration(results, out)
+            written += [png, png.with_suffix(".csv"), png.with_name(f"{png.stem}_table.csv")]
+            written.append(png.with_name(f"{png.stem}_table.md"))
     out_console.print(f"wrote {len(written)} files under {final} in {time.perf_counter() - started:.1f} s")
 
 

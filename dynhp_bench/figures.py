@@ -25,7 +25,14 @@ from matplotlib.ticker import MaxNLocator
 from dynhp_bench.config import default_budget_bytes
 from dynhp_bench.errors import ResultsError
 from dynhp_bench.metrics import EpochRecord, batch_cap, memory_mb, model_bytes
-from dynhp_bench.report import DATASET_NAMES, RUN_LENGTH, configuration_label, reference_tables, select
+from dynhp_bench.report import (
+    DATASET_NAMES,
+    RUN_LENGTH,
+    configuration_label,
+    frame_markdown,
+    reference_tables,
+    select,
+)
 from dynhp_bench.results import EPOCHS_FILE, RUNS_DIR, RunFolder, write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
@@ -436,24 +443,61 @@ def calibration_data(results_root: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[CALIBRATION_COLUMNS]
 
 
+PAPER_EPOCHS = 2000  # the paper's runs: its training memory is the sum of 2,000 per-epoch memories (×1000)
+
+
+def paper_dynhp_rows() -> pd.DataFrame:
+    """The paper's DynHP rows (Tables 2-3) with their mean per-epoch memory (MB) over its 2,000 epochs."""
+    paper = reference_tables()
+    paper = paper[paper["strategy"] == "dynhp"]
+    return paper.assign(mean_memory_mb=paper["training_memory_mb"] * 1000 / PAPER_EPOCHS)[
+        ["dataset", "alpha_bs", "error_pct", "model_size_mb", "mean_memory_mb"]
+    ]
+
+
 def calibration_table(data: pd.DataFrame, at_epochs: tuple[int, ...] = (10, 50, 100)) -> pd.DataFrame:
     """Per dataset × reading × α_bs: epochs run, the first epoch trained at the cap of Eq. 10, the batch at
-    `at_epochs` and at the last epoch, the mean per-epoch memory (MB) and the last epoch's error and model size."""
+    `at_epochs` and at the last epoch, the mean per-epoch memory (MB) and the last epoch's error and model size,
+    beside the paper's error, model size and mean per-epoch memory for that α_bs (empty where it has no row).
+
+    The paper's mean is over 2,000 epochs and ours over the epochs run: early epochs hold the full network,
+    so a short run's mean is comparable in direction only."""
+    paper = paper_dynhp_rows()
     rows = []
     for (dataset, reading, alpha), run in data.groupby(["dataset", "reading", "alpha_bs"], sort=True):
         run = run.sort_values("epoch")
         cap_epochs = run.loc[run["batch_size"] >= run["cap_in_epoch"], "epoch"]
         batch_at = dict(zip(run["epoch"], run["batch_size"], strict=True))
+        theirs = paper[(paper["dataset"] == dataset) & ((paper["alpha_bs"] - alpha).abs() < 1e-9)]
+        row = theirs.iloc[0] if len(theirs) else None
         rows.append({
             "dataset": dataset, "reading": reading, "alpha_bs": alpha, "epochs": int(run["epoch"].max()),
             "cap_epoch": int(cap_epochs.min()) if len(cap_epochs) else None,
             **{f"batch_e{e}": batch_at.get(e) for e in at_epochs},
             "batch_last": int(run["batch_size"].iloc[-1]),
             "mean_memory_mb": float(run["memory_mb"].mean()),
+            "paper_mean_memory_mb": None if row is None else float(row["mean_memory_mb"]),
             "final_error_pct": float(run["test_error_pct"].iloc[-1]),
+            "paper_error_pct": None if row is None else float(row["error_pct"]),
             "final_model_mb": float(run["model_size_mb"].iloc[-1]),
+            "paper_model_mb": None if row is None else float(row["model_size_mb"]),
         })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def calibration_markdown(table: pd.DataFrame) -> str:
+    """The calibration table as Markdown: MB to 3 decimals, error to 2, empty cells as "–"."""
+    digits = {"alpha_bs": 3, "mean_memory_mb": 3, "paper_mean_memory_mb": 3, "final_error_pct": 2,
+              "paper_error_pct": 2, "final_model_mb": 3, "paper_model_mb": 3}  # fmt: skip
+    shown = table.astype(object).where(table.notna(), None)
+    for column in shown.columns:
+        places = digits.get(column)
+        shown[column] = [
+            "–" if value is None else f"{value:.{places}f}" if places is not None else f"{value:g}"
+            if isinstance(value, float) else str(value)
+            for value in shown[column]
+        ]
+    return frame_markdown(shown, "Calibration of Eq. 8: DynHP per reading and α_bs (ours, then the paper's)")
 
 
 def write_calibration(results_root: Path, out_dir: Path, name: str = "calibration_batch_size") -> Path:
@@ -461,7 +505,9 @@ def write_calibration(results_root: Path, out_dir: Path, name: str = "calibratio
     data = calibration_data(results_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / f"{name}.csv", data.to_csv(index=False))
-    write_text_atomic(out_dir / f"{name}_table.csv", calibration_table(data).to_csv(index=False))
+    table = calibration_table(data)
+    write_text_atomic(out_dir / f"{name}_table.csv", table.to_csv(index=False))
+    write_text_atomic(out_dir / f"{name}_table.md", calibration_markdown(table))
     readings = sorted(data["reading"].unique()) or ["(none)"]
     figure, axes = plt.subplots(
         len(DATASETS), len(readings), figsize=(3.6 * len(readings), 3.4 * len(DATASETS)), squeeze=False, sharey=True

@@ -404,14 +404,17 @@ def test_a_damaged_inference_json_is_one_line_naming_it(
     assert not (tmp_path / "report").exists()
 
 
-def test_calibration_table_reads_every_reading_and_finds_the_cap(synthetic_root: Path, tmp_path: Path) -> None:
+def test_calibration_table_reads_every_reading_and_finds_the_cap(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, device="cpu")
     network = FULL_BYTES
     readings = {"epoch/ceil/data/examples": {}, "step/floor/objective/mean/bessel": {
         "growth_cadence": "step", "growth_rounding": "floor", "growth_loss": "objective",
         "growth_variance": "mean", "growth_correction": "bessel"}}  # fmt: skip
-    for settings in readings.values():
-        config = TrainConfig(strategy="dynhp", epochs=4, batch_size=16, gamma=0.0, alpha_bs=0.5,
+    alphas = {"epoch/ceil/data/examples": 0.5, "step/floor/objective/mean/bessel": 0.971}  # 0.971: a paper row
+    for reading, settings in readings.items():
+        config = TrainConfig(strategy="dynhp", epochs=4, batch_size=16, gamma=0.0, alpha_bs=alphas[reading],
                              budget_bytes=network + batch_bytes(40), **settings)  # fmt: skip
         train(config, runtime)
     data = figures.calibration_data(tmp_path)
@@ -428,6 +431,16 @@ def test_calibration_table_reads_every_reading_and_finds_the_cap(synthetic_root:
         assert table.loc[reading, "mean_memory_mb"] == pytest.approx(run["memory_mb"].mean())
     assert table.loc["epoch/ceil/data/examples", "batch_e2"] > 16, "Eq. 8 rounded up grows the batch every epoch"
     assert table.loc["epoch/ceil/data/examples", "cap_epoch"] <= 4, "the comparison should cover reaching the cap"
-    png = figures.write_calibration(tmp_path, tmp_path / "docs")
+    # Table 2's DynHP row at α_bs 0.971: 1.50 % error, 0.572 MB, 5.165 (×1000 MB·epoch) over 2,000 epochs.
+    paper = table.loc["step/floor/objective/mean/bessel"]
+    assert (paper["paper_error_pct"], paper["paper_model_mb"]) == (1.50, 0.572)
+    assert paper["paper_mean_memory_mb"] == pytest.approx(5.165 * 1000 / 2000)
+    assert table.loc[["epoch/ceil/data/examples"], "paper_error_pct"].isna().all(), "α_bs 0.5 has no paper row"
+    code, _, err = _run_cli(["report", "--results", str(tmp_path), "--calibration"], capsys)
+    assert code == 0, err
+    png = tmp_path / "report" / "calibration_batch_size.png"
     assert png.stat().st_size > 0
     assert len(pd.read_csv(png.with_suffix(".csv"))) == len(data)
+    markdown = (tmp_path / "report" / "calibration_batch_size_table.md").read_text()
+    assert "| mnist | step/floor/objective/mean/bessel | 0.971 | 4 |" in markdown
+    assert "| 2.583 | 0.00 | 1.50 |" in markdown  # our mean memory, the paper's; our error, the paper's
