@@ -277,6 +277,14 @@ def train_command(
             rich_help_panel=AMBIGUITIES,
         ),
     ] = None,
+    growth_smoothing: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('growth_smoothing')}: S and F per step, or Balles et al.'s running averages (0.95)",
+            show_default="none",
+            rich_help_panel=AMBIGUITIES,
+        ),
+    ] = None,
     ema_decay: Annotated[
         float | None,
         typer.Option(
@@ -294,7 +302,8 @@ def train_command(
         "prune_schedule": prune_schedule, "prune_interval": prune_interval, "slope_min": slope_min,
         "slope_max": slope_max, "prune_rate": prune_rate, "reset_optimizer": reset_optimizer,
         "reset_biases": reset_biases, "growth_loss": growth_loss,
-        "growth_variance": growth_variance, "growth_correction": growth_correction, "ema_decay": ema_decay,
+        "growth_variance": growth_variance, "growth_correction": growth_correction,
+        "growth_smoothing": growth_smoothing, "ema_decay": ema_decay,
     }  # fmt: skip
     if resume is not None:
         given = sorted(k for k, v in cli_values.items() if v is not None) + (["config"] if config else [])
@@ -330,7 +339,7 @@ SETTING_OPTIONS = (
     "dataset", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes", "subset",
     "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "validation_split", "prune_schedule",
     "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases", "growth_loss",
-    "growth_variance", "growth_correction", "ema_decay",
+    "growth_variance", "growth_correction", "growth_smoothing", "ema_decay",
 )  # fmt: skip
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"

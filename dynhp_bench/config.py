@@ -15,7 +15,9 @@ the sentence it follows in docs/fidelity.md; the defaults are SPEC's first guess
 * ``growth_variance``: S is the variance of the per-example gradients (``examples``, default) or of
   the mini-batch mean gradient, S/B (``mean``);
 * ``growth_correction``: S as Balles et al.'s code writes it (``none``, default) or with Bessel's
-  correction B/(B−1) (``bessel``).
+  correction B/(B−1) (``bessel``);
+* ``growth_smoothing``: S and F as measured at each step (``none``, default) or as Balles et al.'s code
+  smooths them, with running averages of constant 0.95 updated at every step (``running``).
 
 And: ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
 code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``); ``ema_decay``: evaluate with an
@@ -105,6 +107,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "growth_loss": ("data", "objective"),
     "growth_variance": ("examples", "mean"),
     "growth_correction": ("none", "bessel"),
+    "growth_smoothing": ("none", "running"),
     "lambda_scaling": ("divide_by_n", "none"),
     "prune_schedule": ("dynamic", "static"),
 }
@@ -119,6 +122,7 @@ _FIELD_DEFAULTS: dict[str, Any] = {
     "growth_loss": "data",
     "growth_variance": "examples",
     "growth_correction": "none",
+    "growth_smoothing": "none",
     "lambda_scaling": "divide_by_n",
     # DyPrune (SPEC §7): the published defaults; prune_rate None means the size-scaled rate.
     "prune_schedule": "dynamic",
@@ -134,6 +138,7 @@ DIGEST_OMITTED_AT_DEFAULT: dict[str, Any] = {
     "growth_loss": "data",
     "growth_variance": "examples",
     "growth_correction": "none",
+    "growth_smoothing": "none",
     "ema_decay": None,
     "validation_split": None,
     **{name: _FIELD_DEFAULTS[name] for name in (
@@ -188,6 +193,7 @@ class TrainConfig:
     growth_loss: str | None = _FIELD_DEFAULTS["growth_loss"]
     growth_variance: str | None = _FIELD_DEFAULTS["growth_variance"]
     growth_correction: str | None = _FIELD_DEFAULTS["growth_correction"]
+    growth_smoothing: str | None = _FIELD_DEFAULTS["growth_smoothing"]
     ema_decay: float | None = None
 
     def __post_init__(self) -> None:

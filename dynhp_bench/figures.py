@@ -403,16 +403,19 @@ def write_pareto(configs: pd.DataFrame, dataset: str, out_dir: Path) -> tuple[Pa
 
 # --- calibration of Eq. 8's readings (docs/fidelity.md) ----------------------------------------------------------
 
-READING_SETTINGS = ("growth_cadence", "growth_rounding", "growth_loss", "growth_variance", "growth_correction")
+READING_SETTINGS = ("growth_cadence", "growth_rounding", "growth_loss", "growth_variance")
+READING_OPTIONS = {"growth_correction": "none", "growth_smoothing": "none"}  # named only when not at default
 CALIBRATION_COLUMNS = ["dataset", "reading", "alpha_bs", "epoch", "batch_size", "cap_in_epoch", "memory_mb",
                        "model_size_mb", "test_error_pct", "variance_ratio"]  # fmt: skip
 
 
 def reading_name(settings: dict[str, object]) -> str:
-    """A DynHP run's reading of Eq. 8 as cadence/rounding/F/S[/bessel], e.g. ``epoch/ceil/data/examples``."""
+    """A DynHP run's reading of Eq. 8 as cadence/rounding/F/S, then any non-default correction and smoothing,
+    e.g. ``epoch/ceil/data/examples`` or ``step/nearest/data/mean/running``."""
     values = [str(settings.get(key) or "") for key in READING_SETTINGS]
-    if values[-1] in ("", "none"):
-        values.pop()
+    values += [
+        str(value) for key, default in READING_OPTIONS.items() if (value := settings.get(key)) not in (None, default)
+    ]
     return "/".join(values)
 
 
@@ -493,8 +496,13 @@ def calibration_markdown(table: pd.DataFrame) -> str:
     for column in shown.columns:
         places = digits.get(column)
         shown[column] = [
-            "–" if value is None else f"{value:.{places}f}" if places is not None else f"{value:g}"
-            if isinstance(value, float) else str(value)
+            "–"
+            if value is None
+            else f"{value:.{places}f}"
+            if places is not None
+            else f"{value:g}"
+            if isinstance(value, float)
+            else str(value)
             for value in shown[column]
         ]
     return frame_markdown(shown, "Calibration of Eq. 8: DynHP per reading and α_bs (ours, then the paper's)")

@@ -30,7 +30,7 @@ class GrowthStats:
     """What the trainer measured for the batch-size schedule.
 
     `variance_ratio` is ‖S‖₁ / F (gradient-variance L1 norm over the mini-batch loss, each as the
-    `growth_variance`, `growth_correction` and `growth_loss` settings read them) averaged over
+    `growth_variance`, `growth_correction`, `growth_loss` and `growth_smoothing` settings read them) averaged over
     the steps since the last call: the epoch's steps, or the last step with ``growth_cadence="step"``.
     It is NaN when the strategy does not ask for it (`needs_gradient_variance` is False).
     """
@@ -180,6 +180,7 @@ class DynamicHardPruning(HardPruning):
         "growth_loss",
         "growth_variance",
         "growth_correction",
+        "growth_smoothing",
     )
 
     def next_batch_size(self, batch_size: int, stats: GrowthStats, memory: MemoryState) -> int:

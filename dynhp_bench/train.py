@@ -40,7 +40,7 @@ from dynhp_bench.metrics import (
 from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
 from dynhp_bench.threads import check_threads, default_threads
-from dynhp_bench.variance import GradientTap, growth_ratio, squared_norm, variance_l1
+from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio, squared_norm, variance_l1
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_CHUNK = 10_000
@@ -144,6 +144,7 @@ class Trainer:
         self.validation_losses: list[float] = []
         self.batch_size = config.batch_size
         self.tap = GradientTap()
+        self.growth_averages = RunningAverages() if config.growth_smoothing == "running" else None
         # The published L0 code's averaging (L0MLP.update_ema / load_ema_params): the average starts at
         # the initial parameters and is read divided by 1 − decay^steps. Evaluation only; pruning slices it.
         self.ema: list[torch.Tensor] | None = (
@@ -172,6 +173,7 @@ class Trainer:
             "validation_losses": list(self.validation_losses),
             "ema": None if self.ema is None else [t.detach().cpu().clone() for t in self.ema],
             "ema_steps": self.ema_steps,
+            "growth_averages": None if self.growth_averages is None else self.growth_averages.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -198,6 +200,8 @@ class Trainer:
         if self.ema is not None:
             self.ema = [t.to(self.device).clone() for t in state["ema"]]
             self.ema_steps = int(state["ema_steps"])
+        if self.growth_averages is not None:
+            self.growth_averages.load_state_dict(state["growth_averages"])
 
     def run_epoch(self, epoch: int, *, last: bool) -> EpochRecord:
         """Train one epoch, evaluate, let the strategy prune and resize; return the epoch's record. Subnormal
@@ -322,6 +326,7 @@ class Trainer:
                     variance=config.growth_variance or "examples",
                     loss=config.growth_loss or "data",
                     correction=config.growth_correction or "none",
+                    averages=self.growth_averages,
                 )
                 totals.ratio_sum += ratio
             self.optimizer.step()

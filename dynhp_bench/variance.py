@@ -14,7 +14,8 @@ the mean-reduced loss w.r.t. the layer output and a_i the (gated) layer input. H
 costing O(B·(in + out)) per layer on top of the usual backward pass, with no loop over examples.
 
 `growth_ratio` turns ‖S‖₁ into Eq. 8's ‖S‖₁/F under each reading of the paper: S with Bessel's
-correction B/(B−1) or not, S of the examples or of their mean (S/B), F the data loss or the objective.
+correction B/(B−1) or not, S of the examples or of their mean (S/B), F the data loss or the objective,
+and S and F either as measured or smoothed by `RunningAverages` (Balles et al.'s code).
 """
 
 from __future__ import annotations
@@ -56,6 +57,33 @@ def variance_l1(tap_total: torch.Tensor, mean_grad_sq: torch.Tensor, batch_size:
     return (batch_size * tap_total - mean_grad_sq).clamp_min(0.0)
 
 
+class RunningAverages:
+    """Balles et al.'s running averages of S and F (`CABSOptimizer`: ``running_avg_constant`` 0.95; the
+    variance average starts at 0 and the loss average at 1, as there), updated once per training step."""
+
+    CONSTANT = 0.95
+
+    def __init__(self) -> None:
+        self.variance = torch.zeros(())
+        self.loss = torch.ones(())
+
+    def update(self, variance: torch.Tensor, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed one step's S and F; return the averages including them."""
+        c = self.CONSTANT
+        self.variance = c * self.variance.to(variance.device) + (1.0 - c) * variance
+        self.loss = c * self.loss.to(loss.device) + (1.0 - c) * loss
+        return self.variance, self.loss
+
+    def state_dict(self) -> dict[str, float]:
+        """The two averages (what a checkpoint holds)."""
+        return {"variance": float(self.variance), "loss": float(self.loss)}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue from `state_dict()` output."""
+        self.variance = torch.tensor(state["variance"], dtype=torch.float32)
+        self.loss = torch.tensor(state["loss"], dtype=torch.float32)
+
+
 def growth_ratio(
     s_l1: torch.Tensor,
     data_loss: torch.Tensor,
@@ -65,12 +93,14 @@ def growth_ratio(
     variance: str,
     loss: str,
     correction: str,
+    averages: RunningAverages | None = None,
 ) -> torch.Tensor:
     """Eq. 8's ‖S‖₁/F from `variance_l1`'s per-example ‖S‖₁.
 
     `correction` ``bessel`` scales S by B/(B−1) (the unbiased variance; B = 1 leaves it, S is 0 there);
     `variance` ``mean`` divides it by B (the variance of the mini-batch mean gradient); `loss`
-    ``objective`` divides by data loss + penalty instead of the data loss alone.
+    ``objective`` divides by data loss + penalty instead of the data loss alone. With `averages`, S and F
+    (so read) enter their running averages first and the ratio is of the averages.
     """
     s = s_l1
     if correction == "bessel" and batch_size > 1:
@@ -78,4 +108,6 @@ def growth_ratio(
     if variance == "mean":
         s = s / batch_size
     f = data_loss + penalty if loss == "objective" else data_loss
+    if averages is not None:
+        s, f = averages.update(s, f)
     return s / f

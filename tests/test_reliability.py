@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -71,6 +72,21 @@ def test_resumed_dynhp_run_equals_the_uninterrupted_one(synthetic_root: Path, tm
         and rows["batch_size"].iloc[0] < rows["batch_size"].iloc[2]
     )
     assert resumed.summary["final_error_pct"] == reference.summary["final_error_pct"]
+
+
+def test_a_resumed_run_with_smoothed_growth_equals_the_uninterrupted_one(synthetic_root: Path, tmp_path: Path) -> None:
+    # The running averages of S and F live across epochs: the checkpoint must carry them.
+    smoothed = replace(DYNHP, growth_cadence="step", growth_rounding="floor", growth_smoothing="running")
+    reference = train(smoothed, Runtime(data_dir=synthetic_root, results_root=tmp_path / "ref", threads=1))
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path / "cut", threads=1, checkpoint_every=1)
+    _train_until_crash(smoothed, runtime, after_epoch=3)
+    resumed = train(smoothed, runtime)
+    rows = _epochs(reference.run_dir)
+    pd.testing.assert_frame_equal(_epochs(resumed.run_dir), rows)
+    assert rows["batch_size"].iloc[3] < rows["batch_size"].iloc[5], "the batch grows after the cut"
+    unsmoothed = train(replace(smoothed, growth_smoothing="none"), Runtime(data_dir=synthetic_root,
+                       results_root=tmp_path / "raw", threads=1))  # fmt: skip
+    assert not _epochs(unsmoothed.run_dir)["variance_ratio"].equals(rows["variance_ratio"])
 
 
 def test_force_starts_afresh_instead_of_resuming(synthetic_root: Path, tmp_path: Path) -> None:

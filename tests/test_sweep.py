@@ -146,16 +146,18 @@ def test_the_calibration_file_crosses_every_reading_with_the_grid_ends() -> None
         dataset = configs[0].dataset
         assert [c.alpha_bs for c in configs] == ([0.971, 0.973, 0.975] if dataset == "mnist" else [0.979, 0.985, 0.989])
         assert all(c.epochs == 100 and c.subset is None and c.batch_size == 16 for c in configs)
-        reading = {(c.growth_cadence, c.growth_rounding, c.growth_loss, c.growth_variance) for c in configs}
+        reading = {(c.growth_cadence, c.growth_rounding, c.growth_loss, c.growth_variance, c.growth_smoothing)
+                   for c in configs}  # fmt: skip
         assert len(reading) == 1
         readings[dataset] |= reading
         # train with the same settings lands in the same run folder
         cli = {"dataset": dataset, "strategy": "dynhp", "batch_size": 16, "epochs": 100, "profile": "quick",
                "alpha_bs": configs[0].alpha_bs, **dict(zip(("growth_cadence", "growth_rounding", "growth_loss",
-               "growth_variance"), next(iter(reading)), strict=True))}  # fmt: skip
+               "growth_variance", "growth_smoothing"), next(iter(reading)), strict=True))}  # fmt: skip
         assert resolve_config(cli).run_id == group.points[0].run_id
     assert readings["mnist"] == readings["fashion"]
-    assert ("epoch", "ceil", "data", "examples") in readings["mnist"], "today's default is one of the readings"
+    assert ("epoch", "ceil", "data", "examples", "none") in readings["mnist"], "today's default is one of them"
+    assert ("step", "nearest", "data", "examples", "running") in readings["mnist"], "Balles et al.'s code too"
     assert len(readings["mnist"]) == len(sweep.groups) // 2
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench.gates import GatedMLP
-from dynhp_bench.variance import GradientTap, growth_ratio, squared_norm, variance_l1
+from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio, squared_norm, variance_l1
 
 
 def _brute_force_s_l1(net: GatedMLP, x: torch.Tensor, y: torch.Tensor, gates: list[torch.Tensor]) -> float:
@@ -114,3 +114,20 @@ def test_bessel_correction_leaves_a_single_example_alone() -> None:
         torch.tensor(3.0), torch.tensor(2.0), 0.0, 1, variance="examples", loss="data", correction="bessel"
     )
     assert float(got) == 1.5
+
+
+def test_running_averages_follow_balles_et_al_by_hand() -> None:
+    # Constant 0.95, S from 0 and F from 1 (CABSOptimizer). Steps (S, F) = (2, 0.5) then (4, 0.25):
+    # S: 0.05·2 = 0.1, then 0.95·0.1 + 0.05·4 = 0.295; F: 0.95 + 0.025 = 0.975, then 0.95·0.975 + 0.0125 = 0.93875.
+    averages = RunningAverages()
+    first = growth_ratio(torch.tensor(2.0), torch.tensor(0.5), 0.0, 16, variance="examples", loss="data",
+                         correction="none", averages=averages)  # fmt: skip
+    assert float(first) == pytest.approx(0.1 / 0.975, rel=1e-6)
+    # S/B and F = data + penalty are what is averaged: 64/16 = 4 and 0.2 + 0.05 = 0.25.
+    second = growth_ratio(torch.tensor(64.0), torch.tensor(0.2), 0.05, 16, variance="mean", loss="objective",
+                          correction="none", averages=averages)  # fmt: skip
+    assert float(second) == pytest.approx(0.295 / 0.93875, rel=1e-6)
+    restored = RunningAverages()
+    restored.load_state_dict(averages.state_dict())
+    assert (float(restored.variance), float(restored.loss)) == (float(averages.variance), float(averages.loss))
+    assert restored.variance.dtype == averages.variance.dtype == torch.float32
