@@ -44,13 +44,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from dynhp_bench import data
 from dynhp_bench.errors import SettingsError
-from dynhp_bench.metrics import batch_bytes, layer_shapes, model_bytes
+from dynhp_bench.metrics import batch_bytes, layer_shapes, model_bytes, sample_bytes
 from dynhp_bench.strategies import STRATEGIES
 
-DATASETS = ("mnist", "fashion")
+DATASETS = tuple(data.DATASETS)
 STRATEGY_KEYS = tuple(STRATEGIES)
-INPUT_PIXELS = 784
 N_CLASSES = 10
 # Upper bounds of every count, far above any sensible value and low enough that nothing overflows or eats memory
 # before the run starts (torch seeds are 64-bit; a layer of MAX_WIDTH × 784 weights is ~300 MB).
@@ -89,13 +89,19 @@ DEFAULT_BATCH_SIZE: dict[tuple[str, str], int] = {
     ("fashion", "sp"): 128,
     ("fashion", "hp"): 128,
     ("fashion", "dynhp"): 16,
+    # CIFAR-10 is not in the paper: Fashion-MNIST's choices, the usual CIFAR batch of 128 (docs/cifar10.md).
+    ("cifar10", "dense"): 128,
+    ("cifar10", "sp"): 128,
+    ("cifar10", "hp"): 128,
+    ("cifar10", "dynhp"): 16,
 }
 FALLBACK_BATCH_SIZE = 128  # also DyPrune's: its published example trains at batch 128
 DEFAULT_VALIDATION_SPLIT = 10_000
 VALIDATION_SHARE = 6  # the published 60,000 = 50,000 + 10,000: a sixth of a subset is held out
-DEFAULT_ALPHA_BS = {"mnist": 0.972, "fashion": 0.980}
-# The default budget C is the per-epoch memory of the dataset's best SP configuration.
-BUDGET_SP_BATCH = {"mnist": 512, "fashion": 128}
+DEFAULT_ALPHA_BS = {"mnist": 0.972, "fashion": 0.980, "cifar10": 0.980}
+# The default budget C is the per-epoch memory of the dataset's best SP configuration (CIFAR-10, not in the
+# paper: SP at its default batch, 128).
+BUDGET_SP_BATCH = {"mnist": 512, "fashion": 128, "cifar10": 128}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS,
@@ -141,6 +147,8 @@ DIGEST_OMITTED_AT_DEFAULT: dict[str, Any] = {
     "growth_smoothing": "none",
     "ema_decay": None,
     "validation_split": None,
+    "normalize": False,
+    "augment": False,
     **{name: _FIELD_DEFAULTS[name] for name in (
         "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
     )},
@@ -155,7 +163,9 @@ ALIASES = {"lambda": "lam"}
 
 def default_budget_bytes(dataset: str, hidden: tuple[int, ...]) -> int:
     """The default memory budget C: full model bytes + the best SP batch of the dataset."""
-    return model_bytes(layer_shapes((INPUT_PIXELS, *hidden, N_CLASSES))) + batch_bytes(BUDGET_SP_BATCH[dataset])
+    shape = data.input_shape(dataset)
+    network = model_bytes(layer_shapes((math.prod(shape), *hidden, N_CLASSES)))
+    return network + batch_bytes(BUDGET_SP_BATCH[dataset], sample_bytes(shape))
 
 
 @dataclass(frozen=True)
@@ -195,6 +205,8 @@ class TrainConfig:
     growth_correction: str | None = _FIELD_DEFAULTS["growth_correction"]
     growth_smoothing: str | None = _FIELD_DEFAULTS["growth_smoothing"]
     ema_decay: float | None = None
+    normalize: bool | None = None
+    augment: bool | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -207,6 +219,12 @@ class TrainConfig:
                 object.__setattr__(self, name, None)
             elif getattr(self, name) is None:
                 object.__setattr__(self, name, _FIELD_DEFAULTS.get(name))
+        spec = data.DATASETS[self.dataset]
+        for name, default in (("normalize", spec.normalize), ("augment", spec.augment)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+            elif not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected true or false")
         budget_given = self.budget_bytes is not None
         if self.strategy == "dynhp":
             if self.alpha_bs is None:
@@ -262,11 +280,12 @@ class TrainConfig:
         if self.budget_bytes is not None:
             _check_int("budget_bytes", self.budget_bytes, low=1, high=MAX_BUDGET_BYTES)
             network = model_bytes(self.shapes)
-            needed = network + batch_bytes(self.batch_size)
+            first_batch = batch_bytes(self.batch_size, self.sample_bytes)
+            needed = network + first_batch
             if self.budget_bytes < needed and budget_given:
                 raise SettingsError(
                     f"--budget-bytes={self.budget_bytes} is smaller than the network ({network:,} bytes) plus its "
-                    f"first batch of {self.batch_size:,} ({batch_bytes(self.batch_size):,} bytes); "
+                    f"first batch of {self.batch_size:,} ({first_batch:,} bytes); "
                     f"expected at least {needed:,}"
                 )
             if self.budget_bytes < needed:
@@ -278,8 +297,13 @@ class TrainConfig:
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of each Linear layer of the full network."""
-        return layer_shapes((INPUT_PIXELS, *self.hidden, N_CLASSES))
+        """(in, out) of each Linear layer of the full network (its input: every value of the dataset's image)."""
+        return layer_shapes((math.prod(data.input_shape(self.dataset)), *self.hidden, N_CLASSES))
+
+    @property
+    def sample_bytes(self) -> int:
+        """One training sample's bytes in the paper's memory metric (4 × the values of one image)."""
+        return sample_bytes(data.input_shape(self.dataset))
 
     @property
     def gated(self) -> bool:

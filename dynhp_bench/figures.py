@@ -23,8 +23,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from dynhp_bench.config import default_budget_bytes
+from dynhp_bench.data import input_shape
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.metrics import EpochRecord, batch_cap, memory_mb, model_bytes
+from dynhp_bench.metrics import EpochRecord, batch_cap, memory_mb, model_bytes, sample_bytes
 from dynhp_bench.report import (
     DATASET_NAMES,
     RUN_LENGTH,
@@ -432,7 +433,8 @@ def calibration_data(results_root: Path) -> pd.DataFrame:
             continue
         # Eq. 10's cap in force while the epoch trained: the budget less the network the epoch trained.
         budget = int(settings["budget_bytes"])
-        cap = [batch_cap(budget, int(held)) for held in epochs["model_bytes"]]
+        sample = sample_bytes(input_shape(settings["dataset"]))
+        cap = [batch_cap(budget, int(held), sample) for held in epochs["model_bytes"]]
         frames.append(
             epochs.assign(
                 dataset=settings["dataset"],
@@ -522,7 +524,9 @@ def write_calibration(results_root: Path, out_dir: Path, name: str = "calibratio
     )
     last_epoch = max(int(data["epoch"].max()) if not data.empty else 1, 10)
     for row, dataset in zip(axes, DATASETS, strict=True):
-        budget_cap = batch_cap(default_budget_bytes(dataset, (300, 100)), FULL_NETWORK_BYTES)
+        budget_cap = batch_cap(
+            default_budget_bytes(dataset, (300, 100)), FULL_NETWORK_BYTES, sample_bytes(input_shape(dataset))
+        )
         alphas = sorted(data.loc[data["dataset"] == dataset, "alpha_bs"].unique())
         colours = plt.get_cmap("tab10").colors
         for ax, reading in zip(row, readings, strict=True):

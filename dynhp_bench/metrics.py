@@ -5,21 +5,21 @@ checked by hand (see tests/test_metrics.py):
 
 * model bytes = 4 · (weights + biases of the network as it is in that epoch); gate parameters are not
   counted (they are bookkeeping of the method, not of the trained model);
-* batch bytes = 4 · b · 784, the full input row, labels not counted;
+* batch bytes = b · a sample's bytes, 4 × the values of one full input image (4 · 784 = 3,136 for MNIST and
+  Fashion-MNIST, 4 · 3,072 = 12,288 for CIFAR-10: `sample_bytes`), labels not counted;
 * "MB" = bytes / 1024 / 1000 (the paper's unit; it reproduces its 1.041 for the full MLP);
 * training memory "MB" = Σ over epochs of the per-epoch memory, / 1000.
 """
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 BYTES_PER_FLOAT = 4
-INPUT_PIXELS = 784
-BATCH_BYTES_PER_SAMPLE = BYTES_PER_FLOAT * INPUT_PIXELS
 
 LayerShape = tuple[int, int]
 """(in_features, out_features) of one Linear layer."""
@@ -40,9 +40,15 @@ def model_bytes(shapes: Sequence[LayerShape]) -> int:
     return BYTES_PER_FLOAT * weight_count(shapes)
 
 
-def batch_bytes(batch_size: int) -> int:
-    """The paper's batch bytes: 4 · b · 784 (the full input row, whatever the pruned input width)."""
-    return batch_size * BATCH_BYTES_PER_SAMPLE
+def sample_bytes(input_shape: Sequence[int]) -> int:
+    """The bytes of one training sample in the paper's metric: 4 × the values of a full input image (channels ×
+    rows × columns), whatever the pruned input width."""
+    return BYTES_PER_FLOAT * math.prod(input_shape)
+
+
+def batch_bytes(batch_size: int, sample_bytes_: int) -> int:
+    """The paper's batch bytes: b · a sample's bytes (4 · b · 784 for MNIST)."""
+    return batch_size * sample_bytes_
 
 
 # The unit of the paper's training memory: the per-epoch memory in MB summed over epochs, divided by 1000.
@@ -64,9 +70,10 @@ def training_memory_mb(per_epoch_memory_mb: Sequence[float]) -> float:
     return sum(per_epoch_memory_mb) / 1000
 
 
-def batch_cap(budget_bytes: int, model_bytes_: int) -> int:
-    """Eq. 9-10: the largest batch the memory left by the model holds, ⌊(C − N_i) / (4·784)⌋."""
-    return max(0, (budget_bytes - model_bytes_) // BATCH_BYTES_PER_SAMPLE)
+def batch_cap(budget_bytes: int, model_bytes_: int, sample_bytes_: int) -> int:
+    """Eq. 9-10: the largest batch the memory left by the model holds, ⌊(C − N_i) / sample bytes⌋ (4·784 for
+    MNIST)."""
+    return max(0, (budget_bytes - model_bytes_) // sample_bytes_)
 
 
 def trainable_parameters(shapes: Sequence[LayerShape], *, gated: bool) -> int:
@@ -115,8 +122,8 @@ def peak_rss_bytes() -> int:
 class EpochRecord:
     """One row of `epochs.csv`; the field names are the CSV columns, in this order.
 
-    `active_k` counts the neurons physically held by gated layer k (its inputs: 784 pixels, then the
-    hidden units); `expected_active_k` is Σ_j a_j, the epoch's activation rates summed (SP's "virtual"
+    `active_k` counts the neurons physically held by gated layer k (its inputs: the input values, 784 for
+    MNIST, then the hidden units); `expected_active_k` is Σ_j a_j, the epoch's activation rates summed (SP's "virtual"
     neurons of Figure 1). Batch, model and memory columns describe the network as it was trained in
     this epoch, before the pruning at its end; `nonzero_params` counts its non-zero weights and biases
     as evaluated (unstructured sparsity, beside the held `model_bytes`). `validation_loss` is the mean

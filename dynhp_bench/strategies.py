@@ -68,15 +68,17 @@ class WeightPruning:
 
 @dataclass(frozen=True)
 class MemoryState:
-    """The memory side of Eq. 9-10, after this epoch's pruning."""
+    """The memory side of Eq. 9-10, after this epoch's pruning; `sample_bytes` is one training sample's bytes in
+    the paper's metric (`metrics.sample_bytes`: 4 · 784 for MNIST)."""
 
     budget_bytes: int | None
     model_bytes: int
+    sample_bytes: int
 
     @property
     def cap(self) -> int | None:
         """The largest batch the budget leaves room for, or None without a budget."""
-        return None if self.budget_bytes is None else batch_cap(self.budget_bytes, self.model_bytes)
+        return None if self.budget_bytes is None else batch_cap(self.budget_bytes, self.model_bytes, self.sample_bytes)
 
 
 class Strategy:
@@ -184,7 +186,7 @@ class DynamicHardPruning(HardPruning):
     )
 
     def next_batch_size(self, batch_size: int, stats: GrowthStats, memory: MemoryState) -> int:
-        """b + round((1 − α_bs)·‖S‖₁/F) (Eq. 8), then min with ⌊(C − N_i)/(4·784)⌋ (Eq. 10)."""
+        """b + round((1 − α_bs)·‖S‖₁/F) (Eq. 8), then min with ⌊(C − N_i)/sample bytes⌋ (Eq. 10)."""
         assert self.config.alpha_bs is not None  # set for dynhp by TrainConfig
         increment = (1.0 - self.config.alpha_bs) * stats.variance_ratio
         if not math.isfinite(increment):

@@ -232,14 +232,14 @@ class Trainer:
                 self.remove_units(self.strategy.units_to_remove(self.net, rates))
             if pruning is not None:
                 self.reset_after_pruning(pruning)
-        memory = MemoryState(self.config.budget_bytes, model_bytes(self.net.shapes))
+        memory = MemoryState(self.config.budget_bytes, model_bytes(self.net.shapes), self.config.sample_bytes)
         mean_ratio = float(totals.ratio_sum / steps) if self.strategy.needs_gradient_variance else math.nan
         epoch_batch = totals.largest_batch
         if self.config.growth_cadence != "step":
             self.batch_size = self.strategy.next_batch_size(self.batch_size, GrowthStats(epoch, mean_ratio), memory)
 
         epoch_model_bytes = model_bytes(shapes)
-        epoch_batch_bytes = batch_bytes(epoch_batch)
+        epoch_batch_bytes = batch_bytes(epoch_batch, self.config.sample_bytes)
         active = [n_in for n_in, _ in shapes]
         expected = [float(r.sum()) for r in rates] if rates is not None else [float(a) for a in active]
         return EpochRecord(
@@ -284,7 +284,8 @@ class Trainer:
         perm = torch.randperm(n, generator=self.cpu_generator).to(device)
         zero = torch.zeros((), device=device)
         totals = StepTotals(zero.clone(), zero.clone(), zero.clone(), torch.zeros(net.n_gates, device=device))
-        memory = MemoryState(config.budget_bytes, model_bytes(net.shapes))  # shapes change only between epochs
+        # Shapes change only between epochs.
+        memory = MemoryState(config.budget_bytes, model_bytes(net.shapes), config.sample_bytes)
         start = 0
         next_report = time.monotonic() + STEP_REPORT_S
         net.train()

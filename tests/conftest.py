@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from dynhp_bench.data import RAW_FILES, raw_folder, write_synthetic_dataset
+from dynhp_bench.data import RAW_FILES, dataset_folder, write_synthetic_dataset
 
 # Property-based tests replay the same examples on every run, for a user as in CI (Hypothesis derandomises only
 # when CI is set), and read no example database. DYNHP_HYPOTHESIS=explore draws new examples each run (to look
@@ -33,7 +33,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _real_root() -> Path | None:
     candidates = [os.environ.get("DYNHP_DATA"), str(Path(__file__).resolve().parents[2] / "shared" / "data")]
     for candidate in candidates:
-        if candidate and all((raw_folder(Path(candidate), "mnist") / f).is_file() for f in RAW_FILES):
+        if candidate and all((dataset_folder(Path(candidate), "mnist") / f).is_file() for f in RAW_FILES):
             return Path(candidate)
     return None
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from optuna.trial import TrialState
 
 from dynhp_bench.cli import main
-from dynhp_bench.data import RAW_FILES, raw_folder, write_idx, write_synthetic_dataset
+from dynhp_bench.data import RAW_FILES, dataset_folder, write_idx, write_synthetic_dataset
 from dynhp_bench.errors import DataError
 from dynhp_bench.sweep import command_line_spec, expand, open_store, parse_storage
 from dynhp_bench.sweep.worker import FOR_GOOD_ATTR, WorkerPlan, claim_next, open_studies, work
@@ -105,10 +105,10 @@ def test_a_damaged_dataset_file_is_one_line_and_writes_nothing(
 ) -> None:
     with scratch() as tmp:
         shutil.copytree(small_data, tmp / "data")
-        path = raw_folder(tmp / "data", "mnist") / file
+        path = dataset_folder(tmp / "data", "mnist") / file
         path.write_bytes(damage(path.read_bytes(), *how))
         code, _, err = run_cli([*TRAIN, "--data-dir", str(tmp / "data"), "--out", str(tmp / "out")], capsys)
-        assert_clean(code, err, [raw_folder(tmp / "data", "mnist")])
+        assert_clean(code, err, [dataset_folder(tmp / "data", "mnist")])
         if code == 2:
             assert not (tmp / "out").exists(), "nothing is written before the data is checked"
 
@@ -158,7 +158,7 @@ def test_a_self_consistent_but_wrong_dataset_is_refused_before_anything_is_writt
     small_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, command: str
 ) -> None:
     shutil.copytree(small_data, tmp_path / "data")
-    named = _consistent_but_wrong(raw_folder(tmp_path / "data", "mnist"), case)
+    named = _consistent_but_wrong(dataset_folder(tmp_path / "data", "mnist"), case)
     argv = TRAIN if command == "train" else ["sweep", "lambda", "--values", "0.01", *TRAIN[1:-1], "--quiet"]
     code, _, err = run_cli([*argv, "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")], capsys)
     assert_clean(code, err, [named], allowed=(2,))
@@ -171,7 +171,7 @@ def test_a_trial_failed_by_its_data_is_not_claimed_again_in_the_same_sweep(small
     spec = command_line_spec("lambda", range_text=None, values="0.01,0.02", settings=settings_)
     runtime = Runtime(data_dir=tmp_path / "data", results_root=tmp_path / "out", threads=1, device="cpu")
     plan = WorkerPlan(expand(spec, overrides=settings_), parse_storage(None, tmp_path / "out"), runtime)
-    _consistent_but_wrong(raw_folder(tmp_path / "data", "mnist"), "label 10")  # damaged after the sweep's check
+    _consistent_but_wrong(dataset_folder(tmp_path / "data", "mnist"), "label 10")  # damaged after the sweep's check
     with pytest.raises(DataError, match="label 10"):
         work(plan, poll_s=0.01)
     store = open_store(plan.storage)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dynhp_bench import data as data_module
-from dynhp_bench.data import RAW_FILES, load_dataset, raw_folder, resolve_data_dir, write_synthetic_dataset
+from dynhp_bench.data import RAW_FILES, dataset_folder, load_dataset, resolve_data_dir, write_synthetic_dataset
 from dynhp_bench.errors import DataError
 from tests.conftest import SYNTHETIC_TEST, SYNTHETIC_TRAIN
 
@@ -44,12 +44,12 @@ def test_missing_data_offline_names_the_folder_and_the_four_files(
     def no_network(*args: object, **kwargs: object) -> None:
         raise RuntimeError("Error downloading x:\nTried https://example/, got:\n<urlopen error no network>\n")
 
-    monkeypatch.setattr(data_module.torchvision_class("fashion"), "download", no_network)
+    monkeypatch.setattr(data_module.torchvision_class("FashionMNIST"), "download", no_network)
     with pytest.raises(DataError) as info:
         load_dataset("fashion", tmp_path)
     message = str(info.value)
     assert "\n" not in message
-    assert str(raw_folder(tmp_path, "fashion")) in message
+    assert str(dataset_folder(tmp_path, "fashion")) in message
     assert all(f in message for f in RAW_FILES)
     assert "urlopen error no network" in message
 

@@ -13,11 +13,14 @@ from dynhp_bench.metrics import (
     layer_shapes,
     memory_mb,
     model_bytes,
+    sample_bytes,
     to_mb,
     trainable_parameters,
     training_memory_mb,
     weight_count,
 )
+
+MNIST_SAMPLE = sample_bytes((1, 28, 28))
 
 FULL = layer_shapes((784, 300, 100, 10))
 
@@ -38,28 +41,35 @@ def test_full_mlp_has_266610_floats_and_the_papers_1041_mb() -> None:
     ],
 )
 def test_sp_training_memory_over_2000_epochs_matches_the_paper(batch: int, exact: float, paper: float) -> None:
-    per_epoch = memory_mb(model_bytes(FULL), batch_bytes(batch))
+    per_epoch = memory_mb(model_bytes(FULL), batch_bytes(batch, MNIST_SAMPLE))
     total = training_memory_mb([per_epoch] * 2000)
     assert total == pytest.approx(exact, abs=1e-12)
     assert abs(total - paper) < 1e-3
 
 
 def test_sp_per_epoch_memory_at_512_is_2609_mb() -> None:
-    assert round(memory_mb(model_bytes(FULL), batch_bytes(512)), 3) == 2.609
+    assert round(memory_mb(model_bytes(FULL), batch_bytes(512, MNIST_SAMPLE)), 3) == 2.609
 
 
 def test_batch_bytes_count_the_full_784_pixel_row() -> None:
-    assert batch_bytes(1) == 3136
-    assert batch_bytes(16) == 50_176
+    assert MNIST_SAMPLE == 3136
+    assert batch_bytes(1, MNIST_SAMPLE) == 3136
+    assert batch_bytes(16, MNIST_SAMPLE) == 50_176
+
+
+def test_a_cifar10_sample_is_4_bytes_times_3_channels_of_32_by_32() -> None:
+    assert sample_bytes((3, 32, 32)) == 4 * 3072 == 12_288
+    assert batch_bytes(128, sample_bytes((3, 32, 32))) == 1_572_864
+    assert batch_cap(10_000 + 12_288 * 7 + 12_287, 10_000, sample_bytes((3, 32, 32))) == 7
 
 
 def test_batch_cap_is_the_floor_of_free_bytes_over_bytes_per_sample() -> None:
-    budget = model_bytes(FULL) + batch_bytes(512)
-    assert batch_cap(budget, model_bytes(FULL)) == 512
-    assert batch_cap(budget + 3135, model_bytes(FULL)) == 512
-    assert batch_cap(budget + 3136, model_bytes(FULL)) == 513
-    assert batch_cap(budget, model_bytes(FULL) - 3136 * 10) == 522
-    assert batch_cap(100, 1000) == 0
+    budget = model_bytes(FULL) + batch_bytes(512, MNIST_SAMPLE)
+    assert batch_cap(budget, model_bytes(FULL), MNIST_SAMPLE) == 512
+    assert batch_cap(budget + 3135, model_bytes(FULL), MNIST_SAMPLE) == 512
+    assert batch_cap(budget + 3136, model_bytes(FULL), MNIST_SAMPLE) == 513
+    assert batch_cap(budget, model_bytes(FULL) - 3136 * 10, MNIST_SAMPLE) == 522
+    assert batch_cap(100, 1000, MNIST_SAMPLE) == 0
 
 
 def test_trainable_parameters_add_one_gate_per_input_neuron() -> None:

@@ -44,8 +44,8 @@ def make_run(
                 validation_loss=math.nan, nonzero_params=nonzero,
                 active_0=784, active_1=300, active_2=100, expected_active_0=expected_active[0],
                 expected_active_1=expected_active[1], expected_active_2=expected_active[2],
-                model_bytes=model_bytes[i], batch_bytes=batch_bytes(batches[i]),
-                memory_mb=memory_mb(model_bytes[i], batch_bytes(batches[i])), model_size_mb=to_mb(model_bytes[i]),
+                model_bytes=model_bytes[i], batch_bytes=batch_bytes(batches[i], 3136),
+                memory_mb=memory_mb(model_bytes[i], batch_bytes(batches[i], 3136)), model_size_mb=to_mb(model_bytes[i]),
                 trainable_params=0, footprint_bytes=0, variance_ratio=math.nan, batch_cap=None, steps=1,
                 wall_s=0.1, peak_rss_bytes=0,
             )
@@ -84,8 +84,8 @@ def test_deltas_are_against_our_sp_row_and_short_runs_compare_per_epoch(tmp_path
     assert table.loc["HP", "error_delta_pct"] == pytest.approx(50.0)
     assert table.loc["HP", "model_size_mb"] == pytest.approx(to_mb(hp_bytes[-1]))
     assert table.loc["HP", "model_size_delta_pct"] == pytest.approx((hp_bytes[-1] - FULL_BYTES) / FULL_BYTES * 100)
-    hp_mean = sum(memory_mb(b, batch_bytes(100)) for b in hp_bytes) / 10
-    sp_mean = memory_mb(FULL_BYTES, batch_bytes(512))
+    hp_mean = sum(memory_mb(b, batch_bytes(100, 3136)) for b in hp_bytes) / 10
+    sp_mean = memory_mb(FULL_BYTES, batch_bytes(512, 3136))
     assert table.loc["HP", "training_memory_delta_pct"] == pytest.approx((hp_mean - sp_mean) / sp_mean * 100)
     assert table.loc["HP", "training_memory_at_2000_mb"] == pytest.approx(hp_mean * 2)
     markdown = report.table_markdown(table.reset_index(), "mnist")
@@ -136,7 +136,7 @@ def test_figure_data_follow_their_inputs(tmp_path: Path) -> None:
     assert fig1[(fig1["series"] == "HP") & (fig1["layer"] == "HL-1")]["neurons"].tolist() == [300] * 3
     fig2 = figures.fig2_data(configs)
     assert fig2[fig2["series"] == "HP"]["memory_mb"].tolist() == pytest.approx(
-        [memory_mb(b, batch_bytes(100)) for b in hp_bytes]
+        [memory_mb(b, batch_bytes(100, 3136)) for b in hp_bytes]
     )
     fig3 = figures.batch_grid_data(configs, "mnist")
     assert sorted(fig3.loc[fig3["strategy"] == "SP", "series"].unique()) == ["batch 512", "batch 64"]
@@ -148,7 +148,7 @@ def test_figure_data_follow_their_inputs(tmp_path: Path) -> None:
     assert fig5[fig5["series"] == "α_bs 0.972"]["test_error_pct"].tolist() == [6.0, 4.0, 2.0]
     fig7 = figures.fig7_data(configs)
     virtual = fig7[fig7["series"] == "SP virtual"]["memory_mb"].iloc[0]
-    by_hand = 4 * (600 * 200 + 200 + 200 * 50 + 50 + 50 * 10 + 10) + batch_bytes(512)
+    by_hand = 4 * (600 * 200 + 200 + 200 * 50 + 50 + 50 * 10 + 10) + batch_bytes(512, 3136)
     assert virtual == pytest.approx(by_hand / 1024 / 1000)
     written = figures.write_figures(configs, tmp_path / "report")
     for name, (png, rows) in written.items():
@@ -266,7 +266,7 @@ def test_competitors_table_takes_the_sweep_files_configurations_with_mean_and_st
     assert table.loc["dyprune-dynamic", "nonzero_params_std"] == pytest.approx(math.sqrt(50_000_000))
     assert table.loc["dyprune-static", "seeds"] == 1
     # Σ over 3 epochs of (model + batch) bytes / 1024 / 1000 / 1000.
-    expected_memory = 3 * memory_mb(FULL_BYTES, batch_bytes(128)) / 1000
+    expected_memory = 3 * memory_mb(FULL_BYTES, batch_bytes(128, 3136)) / 1000
     assert table.loc["dyprune-static", "training_memory_mb"] == pytest.approx(expected_memory)
     markdown = report.competitors_markdown(table.reset_index(), "mnist")
     assert "## quick profile, 3 epochs, full training set" in markdown
@@ -415,7 +415,7 @@ def test_calibration_table_reads_every_reading_and_finds_the_cap(
     alphas = {"epoch/ceil/data/examples": 0.5, "step/floor/objective/mean/bessel": 0.971}  # 0.971: a paper row
     for reading, settings in readings.items():
         config = TrainConfig(strategy="dynhp", epochs=4, batch_size=16, gamma=0.0, alpha_bs=alphas[reading],
-                             budget_bytes=network + batch_bytes(40), **settings)  # fmt: skip
+                             budget_bytes=network + batch_bytes(40, 3136), **settings)  # fmt: skip
         train(config, runtime)
     data = figures.calibration_data(tmp_path)
     assert sorted(data["reading"].unique()) == sorted(readings)

@@ -13,6 +13,8 @@ from dynhp_bench.gates import GatedMLP
 from dynhp_bench.metrics import batch_cap
 from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
 
+MNIST = 4 * 784  # one MNIST sample's bytes
+
 
 @pytest.mark.parametrize("key", list(STRATEGIES))
 def test_every_registered_strategy_honours_the_contract(key: str) -> None:
@@ -43,7 +45,7 @@ def test_every_registered_strategy_honours_the_contract(key: str) -> None:
     if not strategy.removes_physically():
         assert not any(bool(m.any()) for m in masks), "a strategy that keeps memory constant removes nothing"
     stats = GrowthStats(epoch=1, variance_ratio=100.0 if cls.needs_gradient_variance else math.nan)
-    memory = MemoryState(config.budget_bytes, 1_066_440)
+    memory = MemoryState(config.budget_bytes, 1_066_440, MNIST)
     new_batch = strategy.next_batch_size(16, stats, memory)
     assert isinstance(new_batch, int) and new_batch >= 16
     if memory.cap is not None:
@@ -62,7 +64,7 @@ def test_hard_pruning_removes_exactly_the_rates_below_gamma() -> None:
 def test_soft_pruning_and_hard_pruning_keep_the_batch_size() -> None:
     for key in ("dense", "sp", "hp"):
         strategy = STRATEGIES[key](TrainConfig(strategy=key))
-        assert strategy.next_batch_size(100, GrowthStats(1, 1e9), MemoryState(None, 10)) == 100
+        assert strategy.next_batch_size(100, GrowthStats(1, 1e9), MemoryState(None, 10, MNIST)) == 100
 
 
 @pytest.mark.parametrize(
@@ -82,22 +84,27 @@ def test_soft_pruning_and_hard_pruning_keep_the_batch_size() -> None:
 )
 def test_dynhp_growth_follows_eq_8(alpha: float, ratio: float, rounding: str, expected: int) -> None:
     config = TrainConfig(strategy="dynhp", alpha_bs=alpha, growth_rounding=rounding)
-    assert STRATEGIES["dynhp"](config).next_batch_size(16, GrowthStats(1, ratio), MemoryState(None, 0)) == expected
+    assert (
+        STRATEGIES["dynhp"](config).next_batch_size(16, GrowthStats(1, ratio), MemoryState(None, 0, MNIST)) == expected
+    )
 
 
 def test_dynhp_growth_is_capped_by_eq_10() -> None:
     config = TrainConfig(strategy="dynhp", alpha_bs=0.5)
     model = 1_066_440
-    memory = MemoryState(config.budget_bytes, model)
+    memory = MemoryState(config.budget_bytes, model, MNIST)
     assert config.budget_bytes is not None
-    cap = batch_cap(config.budget_bytes, model)
+    cap = batch_cap(config.budget_bytes, model, MNIST)
     assert cap == 512
     strategy = STRATEGIES["dynhp"](config)
     assert strategy.next_batch_size(500, GrowthStats(1, 1000.0), memory) == 512
     # Pruning frees memory: the cap rises by one sample per 3,136 bytes freed.
-    assert strategy.next_batch_size(500, GrowthStats(1, 1000.0), MemoryState(config.budget_bytes, model - 31360)) == 522
+    assert (
+        strategy.next_batch_size(500, GrowthStats(1, 1000.0), MemoryState(config.budget_bytes, model - 31360, MNIST))
+        == 522
+    )
 
 
 def test_dynhp_ignores_a_non_finite_ratio() -> None:
     strategy = STRATEGIES["dynhp"](TrainConfig(strategy="dynhp"))
-    assert strategy.next_batch_size(16, GrowthStats(1, math.nan), MemoryState(None, 0)) == 16
+    assert strategy.next_batch_size(16, GrowthStats(1, math.nan), MemoryState(None, 0, MNIST)) == 16

@@ -12,7 +12,7 @@ import torch
 
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import load_dataset
-from dynhp_bench.metrics import BATCH_BYTES_PER_SAMPLE, TIMING_COLUMNS, EpochRecord, model_bytes
+from dynhp_bench.metrics import TIMING_COLUMNS, EpochRecord, model_bytes
 from dynhp_bench.results import COMPLETE_MARKER, RunFolder
 from dynhp_bench.train import Runtime, Trainer, train
 
@@ -117,7 +117,7 @@ def test_pruning_keeps_adam_moments_of_surviving_weights(synthetic_root: Path) -
 
 
 def test_dynhp_batch_never_exceeds_its_cap_nor_memory_its_budget(synthetic_root: Path, tmp_path: Path) -> None:
-    budget = 1_066_440 + 40 * BATCH_BYTES_PER_SAMPLE
+    budget = 1_066_440 + 40 * 4 * 784
     config = TrainConfig(strategy="dynhp", epochs=5, batch_size=16, alpha_bs=0.0, budget_bytes=budget, gamma=0.84)
     records = train(config, _runtime(synthetic_root, tmp_path)).records
     sizes = [r.batch_size for r in records]
@@ -128,7 +128,7 @@ def test_dynhp_batch_never_exceeds_its_cap_nor_memory_its_budget(synthetic_root:
 
 
 def test_dynhp_batch_stops_at_the_cap_when_nothing_is_pruned(synthetic_root: Path, tmp_path: Path) -> None:
-    budget = 1_066_440 + 20 * BATCH_BYTES_PER_SAMPLE
+    budget = 1_066_440 + 20 * 4 * 784
     config = TrainConfig(strategy="dynhp", epochs=4, batch_size=16, alpha_bs=0.0, budget_bytes=budget, gamma=0.0)
     records = train(config, _runtime(synthetic_root, tmp_path)).records
     assert [r.batch_size for r in records] == [16, 20, 20, 20]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dynhp_bench
-from dynhp_bench.data import RAW_FILES, check_dataset, load_dataset, raw_folder, resolve_data_dir
+from dynhp_bench.data import check_dataset, dataset_folder, dataset_spec, load_dataset, resolve_data_dir
 from dynhp_bench.errors import DataError
 from dynhp_bench.sweep.progress import Snapshot, snapshot
 from dynhp_bench.sweep.spec import Sweep
@@ -52,8 +52,8 @@ def check_data(sweep: Sweep, data_dir: Path | None) -> None:
     are the one-line `DataError`s of `train`."""
     root = resolve_data_dir(data_dir)
     for name in sorted({p.config.dataset for p in sweep.points}):
-        folder = raw_folder(root, name)
-        if not all((folder / f).is_file() for f in RAW_FILES):
+        folder = dataset_folder(root, name)
+        if not all((folder / f).is_file() for f in dataset_spec(name).files):
             load_dataset(name, root)
         n_train = check_dataset(name, root)
         subset = max((p.config.subset or 0) for p in sweep.points if p.config.dataset == name)
