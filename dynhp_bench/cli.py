@@ -292,6 +292,22 @@ def train_command(
             show_default="off",
         ),
     ] = None,
+    normalize: Annotated[
+        bool | None,
+        typer.Option(
+            "--normalize/--no-normalize",
+            help="Normalise each colour channel by the mean and standard deviation of the images trained on",
+            show_default="cifar10: on; mnist, fashion: off",
+        ),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Augment training batches: random crop of the image padded by 4 pixels, horizontal flip",
+            show_default="cifar10: on; mnist, fashion: off",
+        ),
+    ] = None,
 ) -> None:
     """Train one run and write its folder: config.json, epochs.csv, summary.json."""
     cli_values: dict[str, Any] = {
@@ -303,7 +319,7 @@ def train_command(
         "slope_max": slope_max, "prune_rate": prune_rate, "reset_optimizer": reset_optimizer,
         "reset_biases": reset_biases, "growth_loss": growth_loss,
         "growth_variance": growth_variance, "growth_correction": growth_correction,
-        "growth_smoothing": growth_smoothing, "ema_decay": ema_decay,
+        "growth_smoothing": growth_smoothing, "ema_decay": ema_decay, "normalize": normalize, "augment": augment,
     }  # fmt: skip
     if resume is not None:
         given = sorted(k for k, v in cli_values.items() if v is not None) + (["config"] if config else [])
@@ -339,7 +355,7 @@ SETTING_OPTIONS = (
     "dataset", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes", "subset",
     "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "validation_split", "prune_schedule",
     "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases", "growth_loss",
-    "growth_variance", "growth_correction", "growth_smoothing", "ema_decay",
+    "growth_variance", "growth_correction", "growth_smoothing", "ema_decay", "normalize", "augment",
 )  # fmt: skip
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"

@@ -130,6 +130,11 @@ def load_final_network(run_dir: Path) -> FinalNetwork:
         raise ResultsError(f"run {folder.path} is not complete; expected a finished run (its final network)")
     document = folder.read_config()
     config = TrainConfig.from_dict(document["settings"])
+    if config.normalize:
+        raise ResultsError(
+            f"run {folder.path} normalised its images per channel (normalize = true), which an export does not "
+            "hold yet; expected a run trained with --no-normalize"
+        )
     summary = folder.read_summary()
     state = folder.read_checkpoint(config.run_id)
     trainer = state["trainer"]

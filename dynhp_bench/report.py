@@ -35,8 +35,10 @@ CONFIG_KEY = ["dataset", "strategy", "batch_size", "alpha_bs", "profile", "epoch
 # Settings that tell competitor configurations apart (None for the strategies that do not use them).
 EXTRA_KEY = [
     "validation_split", "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate",
-    "reset_optimizer", "reset_biases",
+    "reset_optimizer", "reset_biases", "normalize", "augment",
 ]  # fmt: skip
+# Settings of the key that count only when on: off reads as None, like a run written before they existed.
+KEY_WHEN_ON = ("normalize", "augment")
 METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb", "nonzero_params", "wall_s"]
 OPTIONAL_METRICS = ["nonzero_params"]  # absent from runs written before it existed
 RUN_LENGTH = ["profile", "epochs", "subset"]
@@ -116,7 +118,7 @@ def _summary_row(folder: RunFolder) -> dict[str, object]:
         "lam": settings.get("lambda"),
         "gamma": settings.get("gamma"),
         "subset": settings.get("subset"),
-        **{name: settings.get(name) for name in EXTRA_KEY},
+        **{name: _key_value(name, settings.get(name)) for name in EXTRA_KEY},
         "seed": int(summary["seed"]),
         "n_train": summary.get("n_train"),
         # Runs written before a metric existed (nonzero_params) read it as NaN.
@@ -375,6 +377,10 @@ def _present(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+def _key_value(name: str, value: object) -> object:
+    return None if name in KEY_WHEN_ON and not value else value
+
+
 def _same(value: object, wanted: object) -> bool:
     if not _present(wanted):
         return not _present(value)
@@ -425,7 +431,7 @@ def competitors_table(configs: pd.DataFrame, entries: list[tuple[str, dict[str, 
             match = configs[
                 configs.apply(
                     lambda row, w=wanted: all(
-                        _same(row[k], getattr(w, k)) for k in CONFIG_KEY + EXTRA_KEY if k in row.index
+                        _same(row[k], _key_value(k, getattr(w, k))) for k in CONFIG_KEY + EXTRA_KEY if k in row.index
                     ),
                     axis=1,
                 )

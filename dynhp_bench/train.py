@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench import __version__
+from dynhp_bench.augmentation import augmented, channel_statistics, normalized
 from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
-from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
+from dynhp_bench.data import Dataset, input_shape, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
 from dynhp_bench.gates import GatedMLP
 from dynhp_bench.interrupts import StopRequest, stop_on_signals
@@ -107,7 +108,12 @@ class StepTotals:
 
 
 class Trainer:
-    """One run's state: the network, Adam, the data as currently fed (pruned input columns), the batch size."""
+    """One run's state: the network, Adam, the data as currently fed (pruned input columns), the batch size.
+
+    With ``normalize`` every image is normalised per channel once, with the statistics of the images trained on.
+    With ``augment`` the training images are kept whole and each batch is augmented (`augmentation.augmented`,
+    drawing from the run's device generator) before its pruned input columns are selected.
+    """
 
     def __init__(self, config: TrainConfig, data: Dataset, device: torch.device) -> None:
         self.config = config
@@ -136,6 +142,11 @@ class Trainer:
             )
         # The validation split is the last `held_out` training images; the others are trained on.
         self.n_train = data.n_train - held_out
+        self.image_shape = input_shape(config.dataset)
+        self.channel_mean_std = (
+            channel_statistics(data.train_x[: self.n_train], self.image_shape) if config.normalize else None
+        )
+        self.train_columns: torch.Tensor | None = None  # with augment: the input columns kept, else None
         self.input_index = torch.arange(data.train_x.shape[1])
         self._feed(self.input_index)
         self.train_y = data.train_y[: self.n_train].to(device)
@@ -153,12 +164,23 @@ class Trainer:
         self.ema_steps = 0
 
     def _feed(self, columns: torch.Tensor) -> None:
-        """Put the training, validation and test images on the device, keeping the input pixels `columns`."""
+        """Put the training, validation and test images on the device (normalised with ``normalize``), keeping the
+        input pixels `columns` (the training images whole with ``augment``, selected after each augmentation)."""
         columns = columns.to(self.device)
-        images = self.data.train_x.to(self.device).index_select(1, columns)
-        self.train_x = images[: self.n_train].contiguous()
-        self.val_x = images[self.n_train :].contiguous()
-        self.test_x = self.data.test_x.to(self.device).index_select(1, columns).contiguous()
+        images = self._prepared(self.data.train_x)
+        all_columns = columns.shape[0] == images.shape[1]
+        train = images[: self.n_train]
+        self.train_columns = None if all_columns or not self.config.augment else columns
+        self.train_x = train if all_columns or self.config.augment else train.index_select(1, columns)
+        self.val_x = _selected(images[self.n_train :], None if all_columns else columns)
+        self.test_x = _selected(self._prepared(self.data.test_x), None if all_columns else columns)
+
+    def _prepared(self, rows: torch.Tensor) -> torch.Tensor:
+        rows = rows.to(self.device)
+        if self.channel_mean_std is None:
+            return rows
+        mean, std = self.channel_mean_std
+        return normalized(rows, mean.to(self.device), std.to(self.device))
 
     def state_dict(self) -> dict[str, Any]:
         """A detached copy of everything that decides the rest of the run (what a checkpoint holds)."""
@@ -295,6 +317,10 @@ class Trainer:
             totals.largest_batch = max(totals.largest_batch, self.batch_size)
             rows = index.shape[0]
             xb = self.train_x.index_select(0, index)
+            if config.augment:
+                xb = augmented(xb, self.image_shape, self.device_generator)
+                if self.train_columns is not None:
+                    xb = xb.index_select(1, self.train_columns)
             yb = self.train_y.index_select(0, index)
             gates = None
             if gated:
@@ -424,11 +450,18 @@ class Trainer:
                     state[key] = value.index_select(removal.dim, removal.index).contiguous()
         if not bool(keep[0].all()):
             columns = keep[0].nonzero().squeeze(1).to(self.device)
-            self.train_x = self.train_x.index_select(1, columns).contiguous()
+            self.input_index = self.input_index[keep[0].cpu()]
+            if self.config.augment:  # the training images stay whole: columns are selected after augmentation
+                self.train_columns = self.input_index.to(self.device)
+            else:
+                self.train_x = self.train_x.index_select(1, columns).contiguous()
             self.val_x = self.val_x.index_select(1, columns).contiguous()
             self.test_x = self.test_x.index_select(1, columns).contiguous()
-            self.input_index = self.input_index[keep[0].cpu()]
         return True
+
+
+def _selected(rows: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+    return rows.contiguous() if columns is None else rows.index_select(1, columns).contiguous()
 
 
 def subnormals_flushed() -> bool:
