@@ -102,12 +102,12 @@ def download(root: Path, *, url: str = ARCHIVE_URL, md5: str = ARCHIVE_MD5) -> N
                 digest.update(chunk)
                 target.write(chunk)
         if digest.hexdigest() != md5:
-            raise DataError(f"the download from {url} has md5 {digest.hexdigest()}; expected {md5}")
+            raise DataError(f"the archive has md5 {digest.hexdigest()}; expected {md5} (downloaded from {url})")
         with tarfile.open(archive, "r:gz") as tar:
             members = {member.name: member for member in tar.getmembers() if member.isfile()}
             absent = [name for name in FILES if f"{FOLDER}/{name}" not in members]
             if absent:
-                raise DataError(f"the archive from {url} lacks {', '.join(absent)}; expected {', '.join(FILES)}")
+                raise DataError(f"the archive lacks {', '.join(absent)}; expected {', '.join(FILES)} (from {url})")
             folder.mkdir(exist_ok=True)
             for name in FILES:
                 unpacked = Path(scratch) / name
@@ -138,10 +138,10 @@ def write_synthetic(folder: Path, *, n_train: int, n_test: int, seed: int = 0) -
     sizes: Sequence[int] = [n_train // 5 + (i < n_train % 5) for i in range(5)]
     for name, n in (*zip(TRAIN_FILES, sizes, strict=True), (TEST_FILE, n_test)):
         labels = torch.randint(0, N_CLASSES, (n,), generator=generator)
-        images = torch.randint(0, 60, (n, 3, 32, 32), generator=generator)
+        images = torch.randint(0, 160, (n, 3, 32, 32), generator=generator)
         for k in range(N_CLASSES):
             chosen = labels == k
-            images[chosen, k % 3] += 100
+            images[chosen, k % 3] += 25
             band = slice(8 * (k // 3), 8 * (k // 3) + 8)
-            images[chosen, :, band] += 80
+            images[chosen, :, band] += 25
         write_file(folder / name, images.clamp(0, 255), labels)

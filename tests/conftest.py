@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic datasets in torchvision's layout, and the real data when present."""
+"""Shared fixtures: tiny synthetic datasets in their real formats and layouts, and the real data when present."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     for seed, name in enumerate(("mnist", "fashion")):
         write_synthetic_dataset(root, name, n_train=SYNTHETIC_TRAIN, n_test=SYNTHETIC_TEST, seed=seed)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root holding a small learnable CIFAR-10 look-alike in the official binary format."""
+    root = tmp_path_factory.mktemp("cifar")
+    write_synthetic_dataset(root, "cifar10", n_train=SYNTHETIC_TRAIN, n_test=SYNTHETIC_TEST, seed=2)
     return root
 
 

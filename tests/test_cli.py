@@ -47,7 +47,7 @@ def test_train_writes_a_run_folder_and_prints_a_summary(
     [
         (["train", "--lambda", "1.5"], "--lambda=1.5"),
         (["train", "--alpha-bs", "2"], "--alpha-bs=2.0"),
-        (["train", "--dataset", "cifar10"], "--dataset='cifar10'"),
+        (["train", "--dataset", "cifar100"], "--dataset='cifar100'"),
         (["train", "--strategy", "sp", "--alpha-bs", "0.97"], "does not apply to strategy 'sp'"),
         (["train", "--epochs", "ten"], "--epochs"),
         (["train", "--budget-bytes", "1000"], "--budget-bytes=1000"),
@@ -116,3 +116,26 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and out.startswith("dynhp-bench ")
     code, out, _ = _run(["train", "--help"], capsys)
     assert code == 0 and "--alpha-bs" in out and "--budget-bytes" in out
+
+
+def test_an_mlp_trains_on_synthetic_cifar10_end_to_end(
+    cifar_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--dataset", "cifar10", "--strategy", "hp", "--epochs", "2", "--batch-size", "64",
+            "--data-dir", str(cifar_root), "--out", str(tmp_path), "--threads", "1", "--quiet"]  # fmt: skip
+    code, _, err = _run(argv, capsys)
+    assert code == 0, err
+    (run,) = (tmp_path / "runs").iterdir()
+    assert run.name.startswith("cifar10-hp-b64-e2-s0-") and (run / "COMPLETE").is_file()
+    settings = json.loads((run / "config.json").read_text())["settings"]
+    assert (settings["normalize"], settings["augment"]) == (True, True)  # cifar10's defaults
+    rows = (run / "epochs.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(","), strict=True))
+    last = dict(zip(header, rows[-1].split(","), strict=True))
+    assert int(first["active_0"]) == 3072 and int(first["batch_bytes"]) == 64 * 4 * 3072
+    assert int(first["model_bytes"]) == 4 * (3072 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    assert float(last["test_error_pct"]) < 50.0, "the synthetic classes are learnt (chance is 90 %)"
+    code, _, err = _run([*argv[:-1], "--no-augment", "--quiet"], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "runs").iterdir())) == 2, "augmentation off is another run"

@@ -82,7 +82,8 @@ def test_run_id_is_stable_readable_and_changes_with_any_setting() -> None:
 
 @pytest.mark.parametrize(
     "later", [{"growth_loss": "objective"}, {"growth_variance": "mean"}, {"growth_correction": "bessel"},
-              {"ema_decay": 0.999}, {"growth_rounding": "nearest"}, {"growth_smoothing": "running"}],
+              {"ema_decay": 0.999}, {"growth_rounding": "nearest"}, {"growth_smoothing": "running"},
+              {"normalize": True}, {"augment": True}],
 )  # fmt: skip
 def test_later_settings_leave_default_run_ids_unchanged(later: dict[str, object]) -> None:
     config = resolve_config({"strategy": "dynhp", "alpha_bs": 0.973})
@@ -111,3 +112,23 @@ def test_config_round_trips_through_its_dict() -> None:
     config = resolve_config({"strategy": "dynhp", "hidden": "50,20", "growth_cadence": "step"})
     assert TrainConfig.from_dict(config.to_dict()) == config
     assert config.to_dict()["lambda"] == 0.01
+
+
+def test_cifar10_normalises_and_augments_by_default_and_mnist_does_not() -> None:
+    cifar = resolve_config({"dataset": "cifar10", "strategy": "sp"})
+    assert (cifar.normalize, cifar.augment) == (True, True)
+    assert (resolve_config({}).normalize, resolve_config({}).augment) == (False, False)
+    plain = resolve_config({"dataset": "cifar10", "strategy": "sp", "augment": False})
+    assert plain.run_id != cifar.run_id and plain.run_id.startswith("cifar10-sp-b128-e20-s0-")
+    assert TrainConfig.from_dict(cifar.to_dict()) == cifar
+    with pytest.raises(SettingsError, match="--augment='yes' is not valid; expected true or false"):
+        resolve_config({"augment": "yes"})
+
+
+def test_cifar10_mlp_and_default_budget_count_3072_input_values() -> None:
+    config = resolve_config({"dataset": "cifar10", "strategy": "dynhp"})
+    assert config.shapes == [(3072, 300), (300, 100), (100, 10)]
+    assert config.sample_bytes == 12_288
+    network = 4 * (3072 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)
+    assert config.budget_bytes == default_budget_bytes("cifar10", (300, 100)) == network + 128 * 12_288
+    assert (config.batch_size, config.alpha_bs) == (16, 0.98)

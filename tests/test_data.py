@@ -84,3 +84,18 @@ def test_data_root_is_argument_then_environment_then_cache(tmp_path: Path, monke
     assert resolve_data_dir(None) == tmp_path / "env"
     monkeypatch.delenv("DYNHP_DATA")
     assert resolve_data_dir(None) == tmp_path / "cache" / "dynhp-bench" / "data"
+
+
+def test_the_registry_knows_each_datasets_shape_folder_files_and_checksums() -> None:
+    assert {name: spec.shape for name, spec in data_module.DATASETS.items()} == {
+        "mnist": (1, 28, 28), "fashion": (1, 28, 28), "cifar10": (3, 32, 32),
+    }  # fmt: skip
+    assert data_module.input_shape("cifar10") == (3, 32, 32) and data_module.DATASETS["cifar10"].pixels == 3072
+    assert data_module.DATASETS["cifar10"].folder == "cifar-10-batches-bin"
+    assert data_module.DATASETS["cifar10"].checksums == {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"}
+    for name, class_name in (("mnist", "MNIST"), ("fashion", "FashionMNIST")):
+        # The md5s listed are those torchvision checks when it downloads the archives.
+        assert dict(data_module.DATASETS[name].checksums) == dict(data_module.torchvision_class(class_name).resources)
+        assert data_module.DATASETS[name].files == RAW_FILES
+    with pytest.raises(DataError, match="dataset 'svhn' is not known; expected one of mnist, fashion, cifar10"):
+        data_module.input_shape("svhn")

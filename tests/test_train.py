@@ -208,3 +208,39 @@ def test_ema_survives_a_checkpoint(synthetic_root: Path) -> None:
     assert again.test_error_pct == uninterrupted.test_error_pct
     assert resumed.ema_steps == first.ema_steps
     assert all(torch.equal(a, b) for a, b in zip(resumed.ema or [], first.ema or [], strict=True))
+
+
+def test_augmented_cifar10_resumes_exactly_after_inputs_were_removed(cifar_root: Path) -> None:
+    data = load_dataset("cifar10", cifar_root, download=False)
+    config = TrainConfig(dataset="cifar10", strategy="hp", epochs=3, batch_size=64, gamma=0.84)
+    assert config.augment and config.normalize
+    first = Trainer(config, data, torch.device("cpu"))
+    first.run_epoch(1, last=False)
+    assert first.train_columns is not None and first.train_columns.shape[0] < 3072, "HP removed input pixels"
+    assert first.train_x.shape[1] == 3072, "the training images stay whole for augmentation"
+    state = first.state_dict()
+    uninterrupted = [first.run_epoch(epoch, last=epoch == 3) for epoch in (2, 3)]
+    resumed = Trainer(config, data, torch.device("cpu"))
+    resumed.load_state_dict(state)
+    again = [resumed.run_epoch(epoch, last=epoch == 3) for epoch in (2, 3)]
+    for a, b in zip(uninterrupted, again, strict=True):
+        assert {**a.__dict__, "wall_s": 0, "peak_rss_bytes": 0} == {**b.__dict__, "wall_s": 0, "peak_rss_bytes": 0}
+    unaugmented = Trainer(TrainConfig(**{**config.__dict__, "augment": False}), data, torch.device("cpu"))
+    unaugmented.load_state_dict(state)
+    assert unaugmented.run_epoch(2, last=False).train_loss != uninterrupted[0].train_loss
+
+
+def test_normalised_training_images_have_channel_mean_0_and_std_1(cifar_root: Path) -> None:
+    data = load_dataset("cifar10", cifar_root, download=False)
+    config = TrainConfig(dataset="cifar10", strategy="sp", epochs=1, validation_split=100)
+    trainer = Trainer(config, data, torch.device("cpu"))
+    channels = trainer.train_x.reshape(-1, 3, 1024).transpose(0, 1).reshape(3, -1)
+    assert channels.mean(1).abs().max() < 1e-5 and (channels.std(1, correction=0) - 1).abs().max() < 1e-5
+    # Validation and test images use the training images' statistics, not their own.
+    raw = data.train_x[-100:].reshape(-1, 3, 1024)
+    mean = data.train_x[:-100].reshape(-1, 3, 1024).mean(dim=(0, 2))
+    std = data.train_x[:-100].reshape(-1, 3, 1024).std(dim=(0, 2), correction=0)
+    expected = ((raw - mean.view(1, 3, 1)) / std.view(1, 3, 1)).reshape(100, -1)
+    assert torch.allclose(trainer.val_x, expected, atol=1e-5)
+    plain = Trainer(TrainConfig(dataset="cifar10", strategy="sp", epochs=1, normalize=False), data, torch.device("cpu"))
+    assert torch.equal(plain.train_x, data.train_x)
