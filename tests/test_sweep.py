@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from dynhp_bench.cli import main
-from dynhp_bench.config import resolve_config
+from dynhp_bench.config import TrainConfig, resolve_config
 from dynhp_bench.errors import SettingsError, StorageError
 from dynhp_bench.results import COMPLETE_MARKER, RUNS_DIR, RunFolder, run_path
 from dynhp_bench.sweep import (
@@ -136,6 +136,27 @@ def test_the_paper_sweep_files_expand_to_the_papers_grids() -> None:
     assert len(table2 & fig3) == 2
     everything = {p.run_id for s in sweeps.values() for p in s.points}
     assert len(everything) == 7 + 13 + 14 + 14 - 4
+
+
+def test_the_cifar10_mlp_file_runs_sp_hp_and_dynhp_as_train_would() -> None:
+    sweep = expand(read_sweep_file(SWEEPS_DIR / "cifar10_mlp.toml"), overrides={"profile": "smoke"})
+    points = {(p.config.strategy, p.config.batch_size, p.config.alpha_bs, p.config.seed): p for p in sweep.points}
+    assert sorted(points) == sorted(
+        [(s, 128, None, seed) for s in ("sp", "hp") for seed in (0, 1, 2)] + [("dynhp", 16, 0.98, s) for s in (0, 1, 2)]
+    )
+    for (strategy, batch_size, alpha_bs, seed), point in points.items():
+        assert point.config.dataset == "cifar10" and point.config.augment and point.config.normalize
+        cli = {"dataset": "cifar10", "strategy": strategy, "batch_size": batch_size, "alpha_bs": alpha_bs,
+               "seed": seed, "profile": "smoke"}  # fmt: skip
+        assert point.run_id == resolve_config(cli).run_id
+
+
+def test_the_cifar10_resnet20_file_sets_the_arch_of_every_run() -> None:
+    if "arch" not in {f.name for f in dataclasses.fields(TrainConfig)}:
+        pytest.skip("needs the arch setting (issue 14 part M)")
+    sweep = expand(read_sweep_file(SWEEPS_DIR / "cifar10_resnet20.toml"), overrides={"profile": "smoke"})
+    assert {(p.config.dataset, p.config.arch) for p in sweep.points} == {("cifar10", "resnet20")}  # type: ignore[attr-defined]
+    assert sorted({p.config.strategy for p in sweep.points}) == ["dynhp", "hp", "sp"] and len(sweep.points) == 9
 
 
 def test_the_calibration_file_crosses_every_reading_with_the_grid_ends() -> None:
