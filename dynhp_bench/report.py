@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -347,6 +348,82 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
             "per-epoch mean over 2,000 epochs, set against the paper's value."
         )
     return "\n".join(lines) + "\n"
+
+
+# Datasets the paper's tables leave out: each gets a table of its own with no paper column.
+OWN_TABLE_DATASETS = {"cifar10": "CIFAR-10"}
+OWN_TABLE_NOTE = (
+    "Not in the paper's Tables 2-3: the later version of the paper reports CIFAR-10, but its numbers are not in our "
+    "references, so there is no paper column. Δ: difference from SP of the same architecture and run length, in %. "
+    f"Training memory in {TRAINING_MEMORY_UNIT}, its Δ on the per-epoch mean."
+)
+OWN_TABLE_COLUMNS = [
+    "method", "configuration", "arch", "augment", "normalize", "profile", "epochs", "subset", "seeds",
+    "error_pct", "error_pct_std", "error_delta_pct", "model_size_mb", "model_size_mb_std", "model_size_delta_pct",
+    "training_memory_mb", "training_memory_mb_std", "mean_memory_mb", "training_memory_delta_pct",
+]  # fmt: skip
+_STRATEGY_ORDER = {"dense": 0, "sp": 1, "hp": 2, "dynhp": 3}
+
+
+def own_table(configs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """One row per configuration of `dataset` (SP, HP, DynHP, then the others), each with its Δ% against the SP
+    configuration of the same architecture and run length (the one with most seeds); empty without runs."""
+    part = configs[configs["dataset"] == dataset].copy()
+    part["arch"] = part["arch"].fillna("mlp") if "arch" in part else "mlp"
+    part["order"] = part["strategy"].map(_STRATEGY_ORDER).fillna(len(_STRATEGY_ORDER))
+    part = part.sort_values(["arch", "profile", "epochs", "order", "batch_size", "alpha_bs"], na_position="first")
+    rows = []
+    for config in part.to_dict("records"):
+        same = part[(part["arch"] == config["arch"]) & (part["strategy"] == "sp")]
+        same = same[[all(_same(r[k], config[k]) for k in RUN_LENGTH) for r in same.to_dict("records")]]
+        sp = same.sort_values("seeds").iloc[-1] if not same.empty else None
+        strategy = str(config["strategy"])
+        rows.append({
+            "method": next((m for m, key in METHODS.items() if key == strategy), strategy),
+            "configuration": configuration_label(config),
+            "arch": config["arch"],
+            "augment": bool(config.get("augment")),
+            "normalize": bool(config.get("normalize")),
+            "profile": config["profile"], "epochs": int(config["epochs"]), "subset": config["subset"],
+            "seeds": int(config["seeds"]),
+            "error_pct": config["final_error_pct"], "error_pct_std": config["final_error_pct_std"],
+            "error_delta_pct": _delta_vs(config, sp, "final_error_pct"),
+            "model_size_mb": config["model_size_mb"], "model_size_mb_std": config["model_size_mb_std"],
+            "model_size_delta_pct": _delta_vs(config, sp, "model_size_mb"),
+            "training_memory_mb": config["training_memory_mb"],
+            "training_memory_mb_std": config["training_memory_mb_std"],
+            "mean_memory_mb": config["mean_memory_mb"],
+            "training_memory_delta_pct": _delta_vs(config, sp, "mean_memory_mb"),
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=OWN_TABLE_COLUMNS)
+
+
+def _delta_vs(config: dict[str, Any], sp: pd.Series | None, metric: str) -> float:
+    return math.nan if sp is None else _delta_pct(float(config[metric]), float(sp[metric]))
+
+
+def own_table_markdown(table: pd.DataFrame, dataset: str) -> str:
+    """`own_table` as Markdown: value ± std over seeds (Δ% vs SP), and the note saying why there is no paper column."""
+    lines = [
+        f"# {OWN_TABLE_DATASETS.get(dataset, dataset)}",
+        "",
+        f"| method | configuration | arch | augment, normalise | error % (Δ) | model size MB (Δ) | training memory "
+        f"{TRAINING_MEMORY_UNIT} (per-epoch mean MB, Δ) | profile, epochs, seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in table.itertuples():
+        sp = row.method == "SP"  # the reference: no Δ against itself
+        lines.append(
+            f"| {row.method} | {row.configuration} | {row.arch} "
+            f"| {'on' if row.augment else 'off'}, {'on' if row.normalize else 'off'} "
+            f"| {_cell(row.error_pct, row.error_pct_std, row.seeds, 2)}{'' if sp else _pct(row.error_delta_pct)} "
+            f"| {_cell(row.model_size_mb, row.model_size_mb_std, row.seeds, 3)}"
+            f"{'' if sp else _pct(row.model_size_delta_pct)} "
+            f"| {_cell(row.training_memory_mb, row.training_memory_mb_std, row.seeds, 3)} "
+            f"({row.mean_memory_mb:.3f}/epoch){'' if sp else _pct(row.training_memory_delta_pct)} "
+            f"| {row.profile}, {row.epochs}, {row.seeds} |"
+        )
+    return "\n".join([*lines, "", OWN_TABLE_NOTE]) + "\n"
 
 
 def missing_rows(tables: dict[str, pd.DataFrame]) -> list[str]:

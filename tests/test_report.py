@@ -44,8 +44,9 @@ def make_run(
                 validation_loss=math.nan, nonzero_params=nonzero,
                 active_0=784, active_1=300, active_2=100, expected_active_0=expected_active[0],
                 expected_active_1=expected_active[1], expected_active_2=expected_active[2],
-                model_bytes=model_bytes[i], batch_bytes=batch_bytes(batches[i], 3136),
-                memory_mb=memory_mb(model_bytes[i], batch_bytes(batches[i], 3136)), model_size_mb=to_mb(model_bytes[i]),
+                model_bytes=model_bytes[i], batch_bytes=batch_bytes(batches[i], config.sample_bytes),
+                memory_mb=memory_mb(model_bytes[i], batch_bytes(batches[i], config.sample_bytes)),
+                model_size_mb=to_mb(model_bytes[i]),
                 trainable_params=0, footprint_bytes=0, variance_ratio=math.nan, batch_cap=None, steps=1,
                 wall_s=0.1, peak_rss_bytes=0,
             )
@@ -444,3 +445,33 @@ def test_calibration_table_reads_every_reading_and_finds_the_cap(
     markdown = (tmp_path / "report" / "calibration_batch_size_table.md").read_text()
     assert "| mnist | step/floor/objective/mean/bessel | 0.971 | 4 |" in markdown
     assert "| 2.583 | 0.00 | 1.50 |" in markdown  # our mean memory, the paper's; our error, the paper's
+
+
+def test_cifar10_runs_get_their_own_table_without_a_paper_column(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    network = 4 * (3072 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10)  # 3,812,040 bytes
+    cifar = {"dataset": "cifar10", "profile": "quick", "epochs": 2}
+    for seed, error in ((0, 40.0), (1, 42.0)):
+        make_run(tmp_path, TrainConfig(strategy="sp", batch_size=128, seed=seed, **cifar), errors=[50.0, error],
+                 model_bytes=[network] * 2)  # fmt: skip
+    make_run(tmp_path, TrainConfig(strategy="hp", batch_size=128, **cifar), errors=[50.0, 45.1],
+             model_bytes=[network, network // 2])  # fmt: skip
+    make_run(tmp_path, sp(epochs=2), errors=[2.0, 2.0])  # MNIST stays out of it
+    table = report.own_table(report.configurations(report.index_runs(tmp_path).runs), "cifar10")
+    assert table["method"].tolist() == ["SP", "HP"] and table["seeds"].tolist() == [2, 1]
+    assert table["augment"].tolist() == [True, True] and table["arch"].tolist() == ["mlp", "mlp"]
+    hp = table.iloc[1]
+    assert hp["error_delta_pct"] == pytest.approx((45.1 - 41.0) / 41.0 * 100)
+    assert hp["model_size_delta_pct"] == pytest.approx(-50.0)
+    sp_epoch = (network + 128 * 12_288) / 1024 / 1000  # the batch term counts 4 × 3,072 bytes a sample
+    hp_epochs = [(network + 128 * 12_288) / 1024 / 1000, (network // 2 + 128 * 12_288) / 1024 / 1000]
+    assert table.iloc[0]["mean_memory_mb"] == pytest.approx(sp_epoch)
+    assert hp["training_memory_delta_pct"] == pytest.approx((sum(hp_epochs) / 2 - sp_epoch) / sp_epoch * 100)
+    assert not any(column.startswith("paper") for column in table.columns)
+    with pytest.raises(SystemExit) as info:
+        main(["report", "--results", str(tmp_path), "--out", str(tmp_path / "report")])
+    assert info.value.code in (0, None), capsys.readouterr().err
+    text = (tmp_path / "report" / "cifar10.md").read_text()
+    assert "41.00 ± 1.41" in text and "45.10 (+10%)" in text and "numbers are not in our references" in text
+    assert pd.read_csv(tmp_path / "report" / "cifar10.csv")["method"].tolist() == ["SP", "HP"]
