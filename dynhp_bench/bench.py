@@ -8,7 +8,7 @@ for the plain loop alike.
 
 Cases, each at every batch size asked for:
 
-* ``plain``: ``nn.Sequential`` 784-300-100-10 + Adam (PyTorch's defaults), cross-entropy;
+* ``plain``: ``nn.Sequential`` 784-300-100-10 (3,072-300-100-10 on CIFAR-10) + Adam (PyTorch's defaults), cross-entropy;
 * ``sp``, ``hp`` (full size), ``hp20`` (HP after removing neurons down to about 20% of the weights),
   ``dynhp`` (with its gradient-variance statistic, held at the batch size).
 
@@ -47,7 +47,6 @@ from dynhp_bench.train import Trainer
 CASES = ("plain", "sp", "hp", "hp20", "dynhp")
 DEFAULT_BATCH_SIZES = (16, 100, 512)
 HP20_WIDTH_SHARE = math.sqrt(0.2)  # every layer's width × √0.2 leaves ≈ 20% of the weights
-FULL_SHAPES = layer_shapes((784, 300, 100, 10))
 DEFAULT_WARM_UP_EPOCHS = 1
 
 
@@ -76,7 +75,10 @@ class PlainLoop:
     def __init__(self, data: Dataset, device: torch.device, *, seed: int = 0) -> None:
         generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(784, 300), nn.ReLU(), nn.Linear(300, 100), nn.ReLU(), nn.Linear(100, 10))
+        self.shapes = layer_shapes((data.train_x.shape[1], 300, 100, 10))
+        self.net = nn.Sequential(
+            *[module for n_in, n_out in self.shapes for module in (nn.Linear(n_in, n_out), nn.ReLU())][:-1]
+        )
         self.net.to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
         self.data = data
@@ -101,7 +103,7 @@ class PlainLoop:
 
 def hp20_trainer(data: Dataset, batch_size: int, device: torch.device) -> Trainer:
     """An HP trainer whose network was cut to ≈ 20% of its weights (every layer's inputs × √0.2)."""
-    trainer = Trainer(TrainConfig(strategy="hp", batch_size=batch_size), data, device)
+    trainer = Trainer(TrainConfig(dataset=data.name, strategy="hp", batch_size=batch_size), data, device)
     generator = torch.Generator().manual_seed(0)
     masks = []
     for n_in, _ in trainer.net.shapes:
@@ -125,12 +127,12 @@ class _Runner:
 def _runners(data: Dataset, batch_size: int, device: torch.device) -> list[_Runner]:
     runners = []
     plain = PlainLoop(data, device)
-    runners.append(_Runner("plain", batch_size, lambda: plain.run_epoch(batch_size), lambda: FULL_SHAPES))
+    runners.append(_Runner("plain", batch_size, lambda: plain.run_epoch(batch_size), lambda: plain.shapes))
     for case in CASES[1:]:
         if case == "hp20":
             trainer = hp20_trainer(data, batch_size, device)
         else:
-            trainer = Trainer(TrainConfig(strategy=case, batch_size=batch_size), data, device)
+            trainer = Trainer(TrainConfig(dataset=data.name, strategy=case, batch_size=batch_size), data, device)
         runners.append(_Runner(case, batch_size, _fixed_epoch(trainer, batch_size), _shapes_of(trainer)))
     return runners
 
