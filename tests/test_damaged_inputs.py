@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
+from dynhp_bench import cifar
 from dynhp_bench.cli import main
 from dynhp_bench.data import RAW_FILES, dataset_folder, write_idx, write_synthetic_dataset
 from dynhp_bench.errors import DataError
@@ -109,6 +110,29 @@ def test_a_damaged_dataset_file_is_one_line_and_writes_nothing(
         path.write_bytes(damage(path.read_bytes(), *how))
         code, _, err = run_cli([*TRAIN, "--data-dir", str(tmp / "data"), "--out", str(tmp / "out")], capsys)
         assert_clean(code, err, [dataset_folder(tmp / "data", "mnist")])
+        if code == 2:
+            assert not (tmp / "out").exists(), "nothing is written before the data is checked"
+
+
+@pytest.fixture(scope="module")
+def small_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("small_cifar")
+    write_synthetic_dataset(root, "cifar10", n_train=20, n_test=5, seed=3)
+    return root
+
+
+@EXAMPLES
+@given(file=st.sampled_from(cifar.FILES), how=DAMAGE)
+def test_a_damaged_cifar10_file_is_one_line_and_writes_nothing(
+    small_cifar: Path, capsys: pytest.CaptureFixture[str], file: str, how: tuple[str, float, int, int]
+) -> None:
+    with scratch() as tmp:
+        shutil.copytree(small_cifar, tmp / "data")
+        path = dataset_folder(tmp / "data", "cifar10") / file
+        path.write_bytes(damage(path.read_bytes(), *how))
+        argv = [*TRAIN, "--dataset", "cifar10", "--batch-size", "8", "--data-dir", str(tmp / "data")]
+        code, _, err = run_cli([*argv, "--out", str(tmp / "out")], capsys)
+        assert_clean(code, err, [dataset_folder(tmp / "data", "cifar10")])
         if code == 2:
             assert not (tmp / "out").exists(), "nothing is written before the data is checked"
 
