@@ -49,14 +49,15 @@ def augmented(rows: torch.Tensor, shape: tuple[int, int, int], generator: torch.
     offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=generator, device=generator.device).to(device)
     flips = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(device)
     padded = torch.nn.functional.pad(rows.reshape(n, channels, height, width), (PAD, PAD, PAD, PAD))
-    # Output pixel (y, x) reads padded pixel (y + dy, x + dx); a flip reads column W − 1 − x instead of x.
+    padded_height, padded_width = height + 2 * PAD, width + 2 * PAD
+    # Output pixel (y, x) reads padded pixel (y + dy, x + dx); a flip reads column W − 1 − x instead of x. One
+    # gather over the flat padded image (its position (c, y, x) is c·H'·W' + y·W' + x) does every image at once.
     ys = torch.arange(height, device=device).unsqueeze(0) + offsets[:, :1]
     xs = torch.arange(width, device=device).unsqueeze(0) + offsets[:, 1:]
     xs = torch.where(flips.unsqueeze(1), xs.flip(1), xs)
-    images = padded[
-        torch.arange(n, device=device).view(n, 1, 1, 1),
-        torch.arange(channels, device=device).view(1, channels, 1, 1),
-        ys.view(n, 1, height, 1),
-        xs.view(n, 1, 1, width),
-    ]
-    return images.reshape(n, -1)
+    index = (
+        torch.arange(channels, device=device).view(1, channels, 1, 1) * (padded_height * padded_width)
+        + ys.view(n, 1, height, 1) * padded_width
+        + xs.view(n, 1, 1, width)
+    )
+    return padded.reshape(n, -1).gather(1, index.reshape(n, -1))
