@@ -89,7 +89,7 @@ DEFAULT_BATCH_SIZE: dict[tuple[str, str], int] = {
     ("fashion", "sp"): 128,
     ("fashion", "hp"): 128,
     ("fashion", "dynhp"): 16,
-    # CIFAR-10 is not in the paper: Fashion-MNIST's choices, the usual CIFAR batch of 128 (docs/cifar10.md).
+    # CIFAR-10 is not in the paper: Fashion-MNIST's choices, also the usual CIFAR batch of 128 (README, CIFAR-10).
     ("cifar10", "dense"): 128,
     ("cifar10", "sp"): 128,
     ("cifar10", "hp"): 128,
