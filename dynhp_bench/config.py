@@ -27,6 +27,10 @@ raw parameters).
 Settings added after run ids were first published enter a run id's hash only when they differ from
 their default (`DIGEST_OMITTED_AT_DEFAULT`), so the ids of runs with default settings never change.
 
+``normalize`` and ``augment`` (per-channel normalisation; a random crop of the image padded by 4 pixels and a
+horizontal flip of every training batch, `augmentation.py`) default per dataset (`data.DATASETS`): on for
+``cifar10``, off for ``mnist`` and ``fashion``. Off is left out of the hash, so MNIST's run ids are unchanged.
+
 ``validation_split`` holds out the last N training images (trained on by no strategy that sets it) to
 measure a validation loss after every epoch. DyPrune needs it (default 10,000 of the full set, a sixth
 of a subset, its published 50,000 / 10,000 proportion); any other strategy may set it for a
