@@ -162,3 +162,17 @@ def test_an_unreachable_source_names_the_folder_and_files(tmp_path: Path, monkey
     message = str(info.value)
     assert "download failed" in message and str(dataset_folder(tmp_path, "cifar10")) in message
     assert all(name in message for name in cifar.FILES) and "\n" not in message
+
+
+def test_an_archive_lacking_a_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = write_synthetic_dataset(tmp_path / "source", "cifar10", n_train=5, n_test=1)
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in cifar.TRAIN_FILES:  # no test_batch.bin
+            tar.add(source / name, arcname=f"cifar-10-batches-bin/{name}")
+    archive = tmp_path / "cifar-10-binary.tar.gz"
+    archive.write_bytes(buffer.getvalue())
+    _serve(monkeypatch, archive, hashlib.md5(buffer.getvalue()).hexdigest())
+    with pytest.raises(DataError, match=r"download failed: the archive lacks test_batch\.bin; expected data_batch_1"):
+        load_dataset("cifar10", tmp_path / "root")
+    assert not (tmp_path / "root").exists()
