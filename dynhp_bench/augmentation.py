@@ -33,11 +33,13 @@ def channel_statistics(rows: torch.Tensor, shape: tuple[int, int, int]) -> tuple
     return mean.to(rows.dtype), std.to(rows.dtype)
 
 
-def normalized(rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """`rows` [N, C·H·W] with each channel's `mean` subtracted and divided by its `std` (a new tensor)."""
-    channels = mean.shape[0]
-    by_channel = rows.reshape(rows.shape[0], channels, -1)
-    return ((by_channel - mean.view(1, -1, 1)) / std.view(1, -1, 1)).reshape(rows.shape)
+def column_statistics(rows: torch.Tensor, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`channel_statistics` repeated over each channel's columns: vectors [C·H·W] such that
+    ``(rows - mean) / std`` normalises every column of a batch by its channel's numbers (and a selection of
+    columns by the same selection of both vectors)."""
+    mean, std = channel_statistics(rows, shape)
+    per_channel = shape[1] * shape[2]
+    return mean.repeat_interleave(per_channel), std.repeat_interleave(per_channel)
 
 
 def augmented(rows: torch.Tensor, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:

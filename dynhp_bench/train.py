@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench import __version__
-from dynhp_bench.augmentation import augmented, channel_statistics, normalized
+from dynhp_bench.augmentation import augmented, column_statistics
 from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
 from dynhp_bench.data import Dataset, input_shape, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
@@ -110,7 +110,8 @@ class StepTotals:
 class Trainer:
     """One run's state: the network, Adam, the data as currently fed (pruned input columns), the batch size.
 
-    With ``normalize`` every image is normalised per channel once, with the statistics of the images trained on.
+    With ``normalize`` every image is normalised per channel with the statistics of the images trained on (the
+    validation and test images once, the training images batch by batch).
     With ``augment`` the training images are kept whole and each batch is augmented (`augmentation.augmented`,
     drawing from the run's device generator) before its pruned input columns are selected.
     """
@@ -143,9 +144,13 @@ class Trainer:
         # The validation split is the last `held_out` training images; the others are trained on.
         self.n_train = data.n_train - held_out
         self.image_shape = input_shape(config.dataset)
-        self.channel_mean_std = (
-            channel_statistics(data.train_x[: self.n_train], self.image_shape) if config.normalize else None
-        )
+        # With normalize: each input column's channel mean and standard deviation (full width), and those of the
+        # columns of `train_x` (selected as input pixels are removed, unless augment keeps the images whole).
+        self.column_mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.fed_mean_std: tuple[torch.Tensor, torch.Tensor] | None = None
+        if config.normalize:
+            mean, std = column_statistics(data.train_x[: self.n_train], self.image_shape)
+            self.column_mean_std = (mean.to(device), std.to(device))
         self.train_columns: torch.Tensor | None = None  # with augment: the input columns kept, else None
         self.input_index = torch.arange(data.train_x.shape[1])
         self._feed(self.input_index)
@@ -164,23 +169,42 @@ class Trainer:
         self.ema_steps = 0
 
     def _feed(self, columns: torch.Tensor) -> None:
-        """Put the training, validation and test images on the device (normalised with ``normalize``), keeping the
-        input pixels `columns` (the training images whole with ``augment``, selected after each augmentation)."""
+        """Put the training, validation and test images on the device, keeping the input pixels `columns` (the
+        training images whole with ``augment``, selected after each augmentation). With ``normalize`` the
+        validation and test images are normalised here; the training images batch by batch (`training_batch`),
+        so that no second copy of the training set is held."""
         columns = columns.to(self.device)
-        images = self._prepared(self.data.train_x)
+        images = self.data.train_x.to(self.device)
         all_columns = columns.shape[0] == images.shape[1]
+        kept = None if all_columns else columns
         train = images[: self.n_train]
-        self.train_columns = None if all_columns or not self.config.augment else columns
-        self.train_x = train if all_columns or self.config.augment else train.index_select(1, columns)
-        self.val_x = _selected(images[self.n_train :], None if all_columns else columns)
-        self.test_x = _selected(self._prepared(self.data.test_x), None if all_columns else columns)
+        self.train_columns = kept if self.config.augment else None
+        self.train_x = train if kept is None or self.config.augment else train.index_select(1, kept)
+        if self.column_mean_std is not None:
+            mean, std = self.column_mean_std
+            fed = None if self.config.augment else kept
+            self.fed_mean_std = (_selected(mean, fed, dim=0), _selected(std, fed, dim=0))
+        self.val_x = _selected(self._normalized(images[self.n_train :]), kept)
+        self.test_x = _selected(self._normalized(self.data.test_x.to(self.device)), kept)
 
-    def _prepared(self, rows: torch.Tensor) -> torch.Tensor:
-        rows = rows.to(self.device)
-        if self.channel_mean_std is None:
+    def _normalized(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.column_mean_std is None:
             return rows
-        mean, std = self.channel_mean_std
-        return normalized(rows, mean.to(self.device), std.to(self.device))
+        mean, std = self.column_mean_std
+        return (rows - mean) / std
+
+    def training_batch(self, index: torch.Tensor) -> torch.Tensor:
+        """The training images `index` as the network is fed them: normalised (``normalize``), augmented
+        (``augment``, drawing from the run's device generator), with the removed input pixels left out."""
+        xb = self.train_x.index_select(0, index)
+        if self.fed_mean_std is not None:
+            mean, std = self.fed_mean_std
+            xb = (xb - mean) / std
+        if self.config.augment:
+            xb = augmented(xb, self.image_shape, self.device_generator)
+            if self.train_columns is not None:
+                xb = xb.index_select(1, self.train_columns)
+        return xb
 
     def state_dict(self) -> dict[str, Any]:
         """A detached copy of everything that decides the rest of the run (what a checkpoint holds)."""
@@ -316,11 +340,7 @@ class Trainer:
             start += self.batch_size
             totals.largest_batch = max(totals.largest_batch, self.batch_size)
             rows = index.shape[0]
-            xb = self.train_x.index_select(0, index)
-            if config.augment:
-                xb = augmented(xb, self.image_shape, self.device_generator)
-                if self.train_columns is not None:
-                    xb = xb.index_select(1, self.train_columns)
+            xb = self.training_batch(index)
             yb = self.train_y.index_select(0, index)
             gates = None
             if gated:
@@ -455,13 +475,15 @@ class Trainer:
                 self.train_columns = self.input_index.to(self.device)
             else:
                 self.train_x = self.train_x.index_select(1, columns).contiguous()
+                if self.fed_mean_std is not None:
+                    self.fed_mean_std = (self.fed_mean_std[0][columns], self.fed_mean_std[1][columns])
             self.val_x = self.val_x.index_select(1, columns).contiguous()
             self.test_x = self.test_x.index_select(1, columns).contiguous()
         return True
 
 
-def _selected(rows: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
-    return rows.contiguous() if columns is None else rows.index_select(1, columns).contiguous()
+def _selected(rows: torch.Tensor, columns: torch.Tensor | None, *, dim: int = 1) -> torch.Tensor:
+    return rows.contiguous() if columns is None else rows.index_select(dim, columns).contiguous()
 
 
 def subnormals_flushed() -> bool:

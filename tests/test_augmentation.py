@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynhp_bench.augmentation import PAD, augmented, channel_statistics, normalized
+from dynhp_bench.augmentation import PAD, augmented, channel_statistics, column_statistics
 
 SHAPE = (3, 6, 5)
 
@@ -30,7 +30,9 @@ def test_channel_statistics_and_normalisation_by_hand() -> None:
     mean, std = channel_statistics(rows, (2, 1, 2))
     assert mean.tolist() == pytest.approx([4.0, 0.5])
     assert std.tolist() == pytest.approx([5.0**0.5, 1.0])  # population std of 1,3,5,7 is √5; constant → 1
-    out = normalized(rows, mean, std)
+    column_mean, column_std = column_statistics(rows, (2, 1, 2))
+    assert column_mean.tolist() == pytest.approx([4.0, 4.0, 0.5, 0.5])
+    out = (rows - column_mean) / column_std
     assert out[:, :2].flatten().tolist() == pytest.approx([(v - 4) / 5**0.5 for v in (1, 3, 5, 7)])
     assert out[:, 2:].abs().max() == 0
 
@@ -38,8 +40,8 @@ def test_channel_statistics_and_normalisation_by_hand() -> None:
 def test_normalised_channels_have_mean_0_and_std_1_whatever_the_chunking() -> None:
     generator = torch.Generator().manual_seed(0)
     rows = torch.rand(4_500, 3 * 4 * 4, generator=generator) * torch.tensor([1.0, 0.5, 0.1]).repeat_interleave(16)
-    mean, std = channel_statistics(rows, (3, 4, 4))
-    by_channel = normalized(rows, mean, std).reshape(-1, 3, 16).transpose(0, 1).reshape(3, -1)
+    mean, std = column_statistics(rows, (3, 4, 4))
+    by_channel = ((rows - mean) / std).reshape(-1, 3, 16).transpose(0, 1).reshape(3, -1)
     assert by_channel.mean(1).abs().max() < 1e-5
     assert (by_channel.std(1, correction=0) - 1).abs().max() < 1e-5
 

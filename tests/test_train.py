@@ -232,9 +232,10 @@ def test_augmented_cifar10_resumes_exactly_after_inputs_were_removed(cifar_root:
 
 def test_normalised_training_images_have_channel_mean_0_and_std_1(cifar_root: Path) -> None:
     data = load_dataset("cifar10", cifar_root, download=False)
-    config = TrainConfig(dataset="cifar10", strategy="sp", epochs=1, validation_split=100)
+    config = TrainConfig(dataset="cifar10", strategy="hp", epochs=1, validation_split=100, augment=False)
     trainer = Trainer(config, data, torch.device("cpu"))
-    channels = trainer.train_x.reshape(-1, 3, 1024).transpose(0, 1).reshape(3, -1)
+    batch = trainer.training_batch(torch.arange(trainer.n_train))
+    channels = batch.reshape(-1, 3, 1024).transpose(0, 1).reshape(3, -1)
     assert channels.mean(1).abs().max() < 1e-5 and (channels.std(1, correction=0) - 1).abs().max() < 1e-5
     # Validation and test images use the training images' statistics, not their own.
     raw = data.train_x[-100:].reshape(-1, 3, 1024)
@@ -244,3 +245,9 @@ def test_normalised_training_images_have_channel_mean_0_and_std_1(cifar_root: Pa
     assert torch.allclose(trainer.val_x, expected, atol=1e-5)
     plain = Trainer(TrainConfig(dataset="cifar10", strategy="sp", epochs=1, normalize=False), data, torch.device("cpu"))
     assert torch.equal(plain.train_x, data.train_x)
+    # Removed input pixels leave the batch with their own channel's numbers: the kept columns of the full batch.
+    remove = [torch.zeros(n_in, dtype=torch.bool) for n_in, _ in trainer.net.shapes]
+    remove[0][::3] = True  # every third column: all three channels lose some
+    trainer.remove_units(remove)
+    index = torch.tensor([0, 5, 7])
+    assert torch.equal(trainer.training_batch(index), batch[index][:, ~remove[0]])
