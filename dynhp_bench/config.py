@@ -49,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from dynhp_bench import data
+from dynhp_bench.architectures import ARCHITECTURES, DEFAULT_ARCH
 from dynhp_bench.errors import SettingsError
-from dynhp_bench.metrics import batch_bytes, layer_shapes, model_bytes, sample_bytes
+from dynhp_bench.metrics import batch_bytes, layer_shapes, sample_bytes
 from dynhp_bench.strategies import STRATEGIES
 
 DATASETS = tuple(data.DATASETS)
@@ -109,6 +110,7 @@ BUDGET_SP_BATCH = {"mnist": 512, "fashion": 128, "cifar10": 128}
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dataset": DATASETS,
+    "arch": tuple(ARCHITECTURES),
     "strategy": STRATEGY_KEYS,
     "profile": tuple(PROFILES),
     "gate_draws": ("batch", "example"),
@@ -145,6 +147,7 @@ _FIELD_DEFAULTS: dict[str, Any] = {
 }
 # Later settings and their defaults: left out of the run id's hash at these values (or unused, None).
 DIGEST_OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "arch": DEFAULT_ARCH,
     "growth_loss": "data",
     "growth_variance": "examples",
     "growth_correction": "none",
@@ -165,10 +168,10 @@ USED_BY: dict[str, tuple[str, ...]] = {
 ALIASES = {"lambda": "lam"}
 
 
-def default_budget_bytes(dataset: str, hidden: tuple[int, ...]) -> int:
-    """The default memory budget C: full model bytes + the best SP batch of the dataset."""
+def default_budget_bytes(dataset: str, hidden: tuple[int, ...], arch: str = DEFAULT_ARCH) -> int:
+    """The default memory budget C: full model bytes (of `arch`) + the best SP batch of the dataset."""
     shape = data.input_shape(dataset)
-    network = model_bytes(layer_shapes((math.prod(shape), *hidden, N_CLASSES)))
+    network = ARCHITECTURES[arch].model_bytes(hidden, shape)
     return network + batch_bytes(BUDGET_SP_BATCH[dataset], sample_bytes(shape))
 
 
@@ -211,6 +214,7 @@ class TrainConfig:
     ema_decay: float | None = None
     normalize: bool | None = None
     augment: bool | None = None
+    arch: str = DEFAULT_ARCH
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -234,7 +238,12 @@ class TrainConfig:
             if self.alpha_bs is None:
                 object.__setattr__(self, "alpha_bs", DEFAULT_ALPHA_BS[self.dataset])
             if self.budget_bytes is None and _is_hidden(self.hidden):
-                object.__setattr__(self, "budget_bytes", default_budget_bytes(self.dataset, self.hidden))
+                object.__setattr__(self, "budget_bytes", default_budget_bytes(self.dataset, self.hidden, self.arch))
+        if STRATEGIES[self.strategy].prunes_weights and not ARCHITECTURES[self.arch].network.supports_weight_pruning:
+            raise SettingsError(
+                f"--strategy={self.strategy!r} prunes single weights, which --arch={self.arch!r} does not support; "
+                "expected --arch mlp"
+            )
         if STRATEGIES[self.strategy].needs_validation_loss and self.validation_split is None:
             default = DEFAULT_VALIDATION_SPLIT if self.subset is None else max(1, self.subset // VALIDATION_SHARE)
             object.__setattr__(self, "validation_split", default)
@@ -283,7 +292,7 @@ class TrainConfig:
             _check_open("ema_decay", self.ema_decay, 0.0, 1.0)
         if self.budget_bytes is not None:
             _check_int("budget_bytes", self.budget_bytes, low=1, high=MAX_BUDGET_BYTES)
-            network = model_bytes(self.shapes)
+            network = self.full_model_bytes
             first_batch = batch_bytes(self.batch_size, self.sample_bytes)
             needed = network + first_batch
             if self.budget_bytes < needed and budget_given:
@@ -301,13 +310,19 @@ class TrainConfig:
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
-        """(in, out) of each Linear layer of the full network (its input: every value of the dataset's image)."""
+        """(in, out) of each Linear layer of the full MLP (``arch = "mlp"``; its input: every value of the
+        dataset's image)."""
         return layer_shapes((math.prod(data.input_shape(self.dataset)), *self.hidden, N_CLASSES))
 
     @property
     def sample_bytes(self) -> int:
         """One training sample's bytes in the paper's memory metric (4 × the values of one image)."""
         return sample_bytes(data.input_shape(self.dataset))
+
+    @property
+    def full_model_bytes(self) -> int:
+        """Model bytes of the full (unpruned) network of this run's architecture."""
+        return ARCHITECTURES[self.arch].model_bytes(self.hidden, data.input_shape(self.dataset))
 
     @property
     def gated(self) -> bool:
@@ -338,7 +353,12 @@ class TrainConfig:
             if k not in DIGEST_OMITTED_AT_DEFAULT or v not in (None, DIGEST_OMITTED_AT_DEFAULT[k])
         }
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
-        parts = [self.dataset, self.strategy, f"b{self.batch_size}"]
+        parts = [
+            self.dataset,
+            *([self.arch] if self.arch != DEFAULT_ARCH else []),
+            self.strategy,
+            f"b{self.batch_size}",
+        ]
         if self.alpha_bs is not None:
             parts.append(f"a{self.alpha_bs:g}")
         parts += [f"e{self.epochs}", f"s{self.seed}", digest]
@@ -376,6 +396,9 @@ def _resolve(given: dict[str, Any]) -> TrainConfig:
         if value not in CHOICES[name]:
             raise SettingsError(f"{_flag(name)}={value!r} is not known; expected one of {', '.join(CHOICES[name])}")
     profile = PROFILES[profile_name]
+    arch = given.get("arch", DEFAULT_ARCH)
+    if "hidden" in given and arch != DEFAULT_ARCH:
+        raise SettingsError(f"--hidden does not apply to --arch={arch!r}; it sets the widths of --arch mlp")
 
     for name, used_by in USED_BY.items():
         if name in given and strategy not in used_by:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dynhp_bench import metrics
+from dynhp_bench.network import GatedNetwork, Removal
+from dynhp_bench.variance import squared_norm, variance_l1
 
 if TYPE_CHECKING:
     from dynhp_bench.variance import GradientTap
@@ -79,23 +82,20 @@ def _add_grad(param: nn.Parameter, grad: torch.Tensor, *, alpha: float = 1.0) ->
         param.grad.add_(grad, alpha=alpha)
 
 
-@dataclass(frozen=True)
-class Removal:
-    """One tensor's slice after units were removed: keep `index` along `dim` (apply it to Adam's moments too)."""
-
-    param: nn.Parameter
-    dim: int
-    index: torch.Tensor
+__all__ = ["GatedMLP", "Removal"]
 
 
-class GatedMLP(nn.Module):
+class GatedMLP(GatedNetwork):
     """A ReLU MLP whose Linear layers each gate their inputs with hard-concrete gates.
 
     `weights[l]` has shape (out, in), `biases[l]` (out,), `log_alphas[l]` (in,). With ``gated=False`` it
     is a plain MLP (the `dense` strategy): no gates and no penalty. `pruned` is None until weights are
     pruned (`prune_weights`); then `pruned[l]` is a bool tensor shaped like `weights[l]`, True where the
-    weight is held at exactly zero for good.
+    weight is held at exactly zero for good. Its gate groups are the layers' inputs (`gates_inputs`).
     """
+
+    gates_inputs = True
+    supports_weight_pruning = True
 
     def __init__(
         self,
@@ -297,3 +297,29 @@ class GatedMLP(nn.Module):
             if self.pruned is not None and layer is not None:
                 self.pruned[layer] = self.pruned[layer].index_select(removal.dim, removal.index).contiguous()
         return removals
+
+    def unit_counts(self) -> list[int]:
+        """Inputs of each Linear layer (784 pixels, then the hidden units)."""
+        return [n_in for n_in, _ in self.shapes]
+
+    def held_units(self) -> list[int]:
+        """`active_k`: the inputs of Linear layer k."""
+        return self.unit_counts()
+
+    def expected_units(self, rates: Sequence[torch.Tensor] | None) -> list[float]:
+        """`expected_active_k`: Σ_j a_j over layer k's inputs (the held count without gates)."""
+        return [float(r.sum()) for r in rates] if rates is not None else [float(n) for n in self.unit_counts()]
+
+    def footprint_bytes(self, batch_size: int, *, masked: bool = False) -> int:
+        """`metrics.footprint_bytes` of the layers as they are now."""
+        return metrics.footprint_bytes(self.shapes, batch_size, gated=self.gated, masked=masked)
+
+    def variance_l1(
+        self, tap: GradientTap, x: torch.Tensor, y: torch.Tensor, gates: Sequence[torch.Tensor] | None
+    ) -> torch.Tensor:
+        """‖S‖₁ from the tap's per-example sums and ḡ (the weights' ``.grad`` after the data loss's backward).
+
+        One pass: the rank-one per-example gradients of a Linear layer need no second forward (variance.py).
+        """
+        mean_grad_sq = squared_norm(p.grad for p in self.weight_parameters() if p.grad is not None)
+        return variance_l1(tap.total, mean_grad_sq, x.shape[0])

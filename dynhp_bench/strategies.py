@@ -14,6 +14,7 @@ import torch
 
 from dynhp_bench.gates import GatedMLP
 from dynhp_bench.metrics import batch_cap
+from dynhp_bench.network import GatedNetwork
 
 if TYPE_CHECKING:
     from dynhp_bench.config import TrainConfig
@@ -100,7 +101,10 @@ class Strategy:
        made at the initial batch size are then upper bounds).
 
     Steps 3 and 4 are skipped after the last epoch, so the reported model is the one evaluated.
-    `uses_gates` False gives a plain MLP with no gates and no penalty. `settings` names the fields of
+    `uses_gates` False gives a plain network with no gates and no penalty. `prunes_weights` True says the
+    strategy returns `WeightPruning`s, which only an architecture with `supports_weight_pruning` takes
+    (TrainConfig refuses the others). Every hook sees the network through `network.GatedNetwork`, whatever
+    the architecture. `settings` names the fields of
     `TrainConfig` the strategy reads; the others are stored as None for it, and a user naming one of
     them for this strategy gets an error.
     """
@@ -110,22 +114,24 @@ class Strategy:
     needs_gradient_variance: ClassVar[bool] = False
     needs_validation_loss: ClassVar[bool] = False
     grows_batch: ClassVar[bool] = False
+    prunes_weights: ClassVar[bool] = False
     settings: ClassVar[tuple[str, ...]] = GATE_SETTINGS
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
 
-    def weights_to_prune(self, net: GatedMLP, end: EpochEnd) -> WeightPruning | None:
+    def weights_to_prune(self, net: GatedNetwork, end: EpochEnd) -> WeightPruning | None:
         """Weights to hold at zero from now on (see `WeightPruning`), or None to prune none."""
         return None
 
-    def units_to_remove(self, net: GatedMLP, activation_rates: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
-        """Per layer, a bool mask over its input neurons: True removes the neuron for good.
+    def units_to_remove(self, net: GatedNetwork, activation_rates: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+        """Per gate group (`net.unit_counts()`: an MLP layer's inputs, a ResNet block's inner channels), a bool
+        mask over its units: True removes the unit for good.
 
-        `activation_rates[l][j]` is a_j of Eq. 6: the share of the epoch's gate draws with z_j > 0
+        `activation_rates[g][j]` is a_j of Eq. 6: the share of the epoch's gate draws with z_j > 0
         (None for a network without gates).
         """
-        return [torch.zeros(n_in, dtype=torch.bool) for n_in, _ in net.shapes]
+        return [torch.zeros(n, dtype=torch.bool) for n in net.unit_counts()]
 
     def removes_physically(self) -> bool:
         """Whether neurons leave the network during training (memory shrinks)."""
@@ -156,7 +162,7 @@ class HardPruning(Strategy):
     key = "hp"
     settings = (*GATE_SETTINGS, "gamma")
 
-    def units_to_remove(self, net: GatedMLP, activation_rates: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+    def units_to_remove(self, net: GatedNetwork, activation_rates: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
         """Eq. 7: remove neuron j when a_j < γ."""
         assert self.config.gamma is not None  # set for every pruning strategy by TrainConfig
         assert activation_rates is not None  # HP's network is gated
@@ -209,9 +215,10 @@ class DyPrune(Strategy):
     key = "dyprune"
     uses_gates = False
     needs_validation_loss = True
+    prunes_weights = True
     settings = DYPRUNE_SETTINGS
 
-    def weights_to_prune(self, net: GatedMLP, end: EpochEnd) -> WeightPruning | None:
+    def weights_to_prune(self, net: GatedNetwork, end: EpochEnd) -> WeightPruning | None:
         """The rule of `pruning_epochs` replayed over the validation losses; at the rate of `pruning_rate`."""
         config = self.config
         assert config.prune_schedule is not None and config.prune_interval is not None  # set by TrainConfig
@@ -226,6 +233,7 @@ class DyPrune(Strategy):
         )
         if end.epoch - 1 not in chosen:
             return None
+        assert isinstance(net, GatedMLP)  # TrainConfig allows DyPrune on the MLP only
         nonzero = sum(int(torch.count_nonzero(w)) for w in net.weights)
         rate = config.prune_rate if config.prune_rate is not None else pruning_rate(nonzero)
         return WeightPruning(
@@ -238,10 +246,11 @@ class DyPrune(Strategy):
         """Yes: neurons cut off by pruned weights leave the weight matrices."""
         return True
 
-    def units_to_remove(self, net: GatedMLP, activation_rates: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
+    def units_to_remove(self, net: GatedNetwork, activation_rates: Sequence[torch.Tensor] | None) -> list[torch.Tensor]:
         """The dead neurons of `dead_neurons` (none before the first pruning)."""
         if net.pruned is None:
             return super().units_to_remove(net, activation_rates)
+        assert isinstance(net, GatedMLP)  # TrainConfig allows DyPrune on the MLP only
         return dead_neurons(net.pruned)
 
 

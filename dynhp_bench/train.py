@@ -23,25 +23,16 @@ import torch.nn.functional as F
 from dynhp_bench import __version__
 from dynhp_bench.augmentation import augmented, column_statistics
 from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
+from dynhp_bench.architectures import ARCHITECTURES
 from dynhp_bench.data import Dataset, input_shape, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
-from dynhp_bench.gates import GatedMLP
 from dynhp_bench.interrupts import StopRequest, stop_on_signals
-from dynhp_bench.metrics import (
-    EpochRecord,
-    batch_bytes,
-    footprint_bytes,
-    memory_mb,
-    model_bytes,
-    peak_rss_bytes,
-    to_mb,
-    trainable_parameters,
-    training_memory_mb,
-)
+from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, peak_rss_bytes, to_mb, training_memory_mb
+from dynhp_bench.network import GatedNetwork
 from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
 from dynhp_bench.threads import check_threads, default_threads
-from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio, squared_norm, variance_l1
+from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio
 
 DEVICES = ("auto", "cpu", "cuda")
 EVAL_CHUNK = 10_000
@@ -124,13 +115,8 @@ class Trainer:
         self.device_generator = (
             self.cpu_generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(config.seed)
         )
-        sizes = [config.shapes[0][0]] + [n_out for _, n_out in config.shapes]
-        self.net = GatedMLP(
-            sizes,
-            gated=self.strategy.uses_gates,
-            drop_rates=[config.drop_rate_input] + [config.drop_rate_hidden] * (len(sizes) - 2),
-            generator=self.cpu_generator,
-        ).to(device)
+        architecture = ARCHITECTURES[config.arch]
+        self.net: GatedNetwork = architecture.build(config, input_shape(config.dataset), self.cpu_generator).to(device)
         self.optimizer = make_adam(list(self.net.parameters()), lr=config.lr)
         self.data = data
         self.stop: StopRequest | None = None
@@ -210,6 +196,7 @@ class Trainer:
         """A detached copy of everything that decides the rest of the run (what a checkpoint holds)."""
         return {
             "params": [p.detach().cpu().clone() for p in self.net.parameters()],
+            "buffers": [b.detach().cpu().clone() for b in self.net.buffers()],
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "cpu_generator": self.cpu_generator.get_state(),
             "device_generator": None if self.device.type == "cpu" else self.device_generator.get_state(),
@@ -228,11 +215,16 @@ class Trainer:
         params = list(self.net.parameters())
         saved = state["params"]
         index = state["input_index"]
-        if len(saved) != len(params) or int(saved[0].shape[1]) != len(index):
+        buffers = dict(self.net.named_buffers())
+        saved_buffers = state.get("buffers", [])  # none before ResNets (the MLP has no buffers)
+        inputs_differ = self.net.gates_inputs and int(saved[0].shape[1]) != len(index)
+        if len(saved) != len(params) or len(saved_buffers) != len(buffers) or inputs_differ:
             raise ResultsError("checkpoint does not match this run's network; expected one written by this run")
         for param, value in zip(params, saved, strict=True):
             param.data = value.to(self.device).clone()
             param.grad = None
+        for name, value in zip(buffers, saved_buffers, strict=True):
+            self.net.get_buffer(name).data = value.to(self.device).clone()
         pruned = state["pruned"]
         self.net.pruned = None if pruned is None else [p.to(self.device).clone() for p in pruned]
         self.optimizer.load_state_dict(state["optimizer"])
@@ -257,11 +249,17 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, *, last: bool) -> EpochRecord:
         started = time.perf_counter()
-        shapes = self.net.shapes
-        masked = self.net.pruned is not None
+        net = self.net
+        masked = net.pruned is not None
         totals = self._train_steps(epoch)
         steps = totals.steps
-        rates = self.net.split(totals.counts / max(totals.draws, 1)) if self.net.gated else None
+        rates = net.split(totals.counts / max(totals.draws, 1)) if net.gated else None
+        # The record describes the network as trained in this epoch, before the pruning at its end.
+        epoch_model_bytes = net.model_bytes()
+        trainable = net.trainable_parameters()
+        footprint = net.footprint_bytes(totals.largest_batch, masked=masked)
+        active = net.held_units()
+        expected = net.expected_units(rates)
         error_pct = self.test_error_pct()
         nonzero = self.net.nonzero_parameters()
         validation_loss = math.nan
@@ -278,16 +276,13 @@ class Trainer:
                 self.remove_units(self.strategy.units_to_remove(self.net, rates))
             if pruning is not None:
                 self.reset_after_pruning(pruning)
-        memory = MemoryState(self.config.budget_bytes, model_bytes(self.net.shapes), self.config.sample_bytes)
+        memory = MemoryState(self.config.budget_bytes, self.net.model_bytes(), self.config.sample_bytes)
         mean_ratio = float(totals.ratio_sum / steps) if self.strategy.needs_gradient_variance else math.nan
         epoch_batch = totals.largest_batch
         if self.config.growth_cadence != "step":
             self.batch_size = self.strategy.next_batch_size(self.batch_size, GrowthStats(epoch, mean_ratio), memory)
 
-        epoch_model_bytes = model_bytes(shapes)
         epoch_batch_bytes = batch_bytes(epoch_batch, self.config.sample_bytes)
-        active = [n_in for n_in, _ in shapes]
-        expected = [float(r.sum()) for r in rates] if rates is not None else [float(a) for a in active]
         return EpochRecord(
             epoch=epoch,
             strategy=self.config.strategy,
@@ -308,9 +303,9 @@ class Trainer:
             batch_bytes=epoch_batch_bytes,
             memory_mb=memory_mb(epoch_model_bytes, epoch_batch_bytes),
             model_size_mb=to_mb(epoch_model_bytes),
-            trainable_params=trainable_parameters(shapes, gated=self.net.gated),
+            trainable_params=trainable,
             nonzero_params=nonzero,
-            footprint_bytes=footprint_bytes(shapes, epoch_batch, gated=self.net.gated, masked=masked),
+            footprint_bytes=footprint,
             variance_ratio=mean_ratio,
             batch_cap=memory.cap,
             steps=steps,
@@ -331,7 +326,7 @@ class Trainer:
         zero = torch.zeros((), device=device)
         totals = StepTotals(zero.clone(), zero.clone(), zero.clone(), torch.zeros(net.n_gates, device=device))
         # Shapes change only between epochs.
-        memory = MemoryState(config.budget_bytes, model_bytes(net.shapes), config.sample_bytes)
+        memory = MemoryState(config.budget_bytes, net.model_bytes(), config.sample_bytes)
         start = 0
         next_report = time.monotonic() + STEP_REPORT_S
         net.train()
@@ -355,9 +350,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             data_loss.backward()
             if track_variance:
-                # The penalty's gradient is not added yet: these are the data loss's gradients, ḡ.
-                mean_grad_sq = squared_norm(p.grad for p in net.weight_parameters() if p.grad is not None)
-                s_l1 = variance_l1(self.tap.total, mean_grad_sq, rows)
+                # The penalty's gradient is not added yet: the gradients are the data loss's, ḡ.
+                s_l1 = net.variance_l1(self.tap, xb, yb, gates)
             penalty = zero
             if gated:
                 penalty = net.add_penalty_gradients(
@@ -454,7 +448,8 @@ class Trainer:
             self.optimizer = make_adam(list(self.net.parameters()), lr=self.config.lr)
 
     def remove_units(self, remove_masks: Sequence[torch.Tensor]) -> bool:
-        """Remove the neurons marked True, per gated layer, from the network, Adam's state and the data fed."""
+        """Remove the units marked True, per gate group, from the network, Adam's state (and, when the first
+        group is the input, the data fed)."""
         keep = [~mask.to(torch.bool) for mask in remove_masks]
         if all(bool(k.all()) for k in keep):
             return False
@@ -468,7 +463,7 @@ class Trainer:
             for key, value in state.items():
                 if torch.is_tensor(value) and value.dim() == removal.param.dim():
                     state[key] = value.index_select(removal.dim, removal.index).contiguous()
-        if not bool(keep[0].all()):
+        if self.net.gates_inputs and not bool(keep[0].all()):
             columns = keep[0].nonzero().squeeze(1).to(self.device)
             self.input_index = self.input_index[keep[0].cpu()]
             if self.config.augment:  # the training images stay whole: columns are selected after augmentation
