@@ -123,6 +123,7 @@ def _root(
 def train_command(
     dataset: Annotated[str | None, typer.Option(help=f"{_choices('dataset')}", show_default="mnist")] = None,
     strategy: Annotated[str | None, typer.Option(help=f"{_choices('strategy')}", show_default="dynhp")] = None,
+    arch: Annotated[str | None, typer.Option(help=f"Network: {_choices('arch')}", show_default="mlp")] = None,
     profile: Annotated[
         str | None,
         typer.Option(help="; ".join(f"{p.name}: {p.description}" for p in PROFILES.values()), show_default="quick"),
@@ -146,7 +147,7 @@ def train_command(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed", show_default="0")] = None,
     subset: Annotated[int | None, typer.Option(help="Train on the first N training images only")] = None,
-    hidden: Annotated[str | None, typer.Option(help="Hidden layer widths", show_default="300,100")] = None,
+    hidden: Annotated[str | None, typer.Option(help="Hidden layer widths (--arch mlp)", show_default="300,100")] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML file of settings (command-line options override it)")
     ] = None,
@@ -311,9 +312,9 @@ def train_command(
 ) -> None:
     """Train one run and write its folder: config.json, epochs.csv, summary.json."""
     cli_values: dict[str, Any] = {
-        "dataset": dataset, "strategy": strategy, "profile": profile, "epochs": epochs, "batch_size": batch_size,
-        "lam": lambda_, "gamma": gamma, "alpha_bs": alpha_bs, "budget_bytes": budget_bytes, "seed": seed,
-        "subset": subset, "hidden": hidden, "gate_draws": gate_draws, "growth_cadence": growth_cadence,
+        "dataset": dataset, "arch": arch, "strategy": strategy, "profile": profile, "epochs": epochs,
+        "batch_size": batch_size, "lam": lambda_, "gamma": gamma, "alpha_bs": alpha_bs, "budget_bytes": budget_bytes,
+        "seed": seed, "subset": subset, "hidden": hidden, "gate_draws": gate_draws, "growth_cadence": growth_cadence,
         "growth_rounding": growth_rounding, "lambda_scaling": lambda_scaling, "validation_split": validation_split,
         "prune_schedule": prune_schedule, "prune_interval": prune_interval, "slope_min": slope_min,
         "slope_max": slope_max, "prune_rate": prune_rate, "reset_optimizer": reset_optimizer,
@@ -352,10 +353,10 @@ def train_command(
 
 # train's options that fix a sweep's settings (and the runtime ones a sweep shares), reused as they are.
 SETTING_OPTIONS = (
-    "dataset", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes", "subset",
-    "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "validation_split", "prune_schedule",
-    "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases", "growth_loss",
-    "growth_variance", "growth_correction", "growth_smoothing", "ema_decay", "normalize", "augment",
+    "dataset", "arch", "strategy", "profile", "epochs", "batch_size", "lambda_", "gamma", "alpha_bs", "budget_bytes",
+    "subset", "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "validation_split",
+    "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
+    "growth_loss", "growth_variance", "growth_correction", "growth_smoothing", "ema_decay", "normalize", "augment",
 )  # fmt: skip
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
 FIXED_SETTINGS = "Fixed settings (as for train)"

@@ -353,12 +353,8 @@ class TrainConfig:
             if k not in DIGEST_OMITTED_AT_DEFAULT or v not in (None, DIGEST_OMITTED_AT_DEFAULT[k])
         }
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
-        parts = [
-            self.dataset,
-            *([self.arch] if self.arch != DEFAULT_ARCH else []),
-            self.strategy,
-            f"b{self.batch_size}",
-        ]
+        named_arch = [self.arch] if self.arch != DEFAULT_ARCH else []  # today's MLP ids stay as they were
+        parts = [self.dataset, *named_arch, self.strategy, f"b{self.batch_size}"]
         if self.alpha_bs is not None:
             parts.append(f"a{self.alpha_bs:g}")
         parts += [f"e{self.epochs}", f"s{self.seed}", digest]

@@ -1,6 +1,6 @@
 """How long a sweep's runs left will take here: a short measured calibration, extrapolated.
 
-For each distinct (dataset, strategy, batch size) among the runs left, a trainer with the run's settings trains
+For each distinct `RunLeft.key` among the runs left, a trainer with the run's settings trains
 `CALIBRATION_STEPS` steps on the first images of the real dataset, once untimed (warm-up) and once timed, at the
 threads the run will use, and evaluates the test set once, timed. One real `train` of a one-epoch run on 64 images,
 in a temporary folder, gives the cost of starting a run (loading the data, writing its folder) beyond its training,
@@ -37,7 +37,7 @@ from dynhp_bench.train import Runtime, Trainer, train
 
 CALIBRATION_STEPS = 16
 Clock = Callable[[], float]
-GroupKey = tuple[str, str, int]  # dataset, strategy, batch size
+GroupKey = tuple[str, str, str, int]  # dataset, architecture, strategy, batch size
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RunLeft:
     @property
     def key(self) -> GroupKey:
         """What its time per step depends on most: the calibration group it belongs to."""
-        return (self.config.dataset, self.config.strategy, self.config.batch_size)
+        return (self.config.dataset, self.config.arch, self.config.strategy, self.config.batch_size)
 
 
 @dataclass(frozen=True)

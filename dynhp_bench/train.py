@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench import __version__
+from dynhp_bench.architectures import ARCHITECTURES
 from dynhp_bench.augmentation import augmented, column_statistics
 from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
-from dynhp_bench.architectures import ARCHITECTURES
 from dynhp_bench.data import Dataset, input_shape, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
 from dynhp_bench.interrupts import StopRequest, stop_on_signals

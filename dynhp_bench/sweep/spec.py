@@ -360,7 +360,9 @@ def command_line_spec(
     name: str | None = None,
 ) -> SweepSpec:
     """The one-group sweep that ``dynhp-bench sweep PARAM …`` describes; its default name is stable per sweep."""
-    group_name = "-".join(str(settings.get(k, getattr(TrainConfig, k))) for k in ("dataset", "strategy"))
+    named = ("dataset", "arch", "strategy") if settings.get("arch", TrainConfig.arch) != TrainConfig.arch else ()
+    named = named or ("dataset", "strategy")
+    group_name = "-".join(str(settings.get(k, getattr(TrainConfig, k))) for k in named)
     try:
         group = make_group(
             name=group_name, param=param, range_text=range_text, values=values, settings={}, trials=trials,
