@@ -83,7 +83,7 @@ def test_run_id_is_stable_readable_and_changes_with_any_setting() -> None:
 @pytest.mark.parametrize(
     "later", [{"growth_loss": "objective"}, {"growth_variance": "mean"}, {"growth_correction": "bessel"},
               {"ema_decay": 0.999}, {"growth_rounding": "nearest"}, {"growth_smoothing": "running"},
-              {"normalize": True}, {"augment": True}],
+              {"normalize": True}, {"augment": True}, {"arch": "resnet20"}],
 )  # fmt: skip
 def test_later_settings_leave_default_run_ids_unchanged(later: dict[str, object]) -> None:
     config = resolve_config({"strategy": "dynhp", "alpha_bs": 0.973})
