@@ -93,10 +93,20 @@ class _Record:
     def gradients(self, delta: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
         """Per-example gradients (batch first) of each parameter, from δ_i = ∂loss_i/∂output_i."""
         if self.kind == "conv":
+            # The weight gradient of a grouped convolution with one group per example: the examples' inputs
+            # and output gradients side by side as channels of a batch of one (several times faster on the CPU
+            # than unfold and a batched matrix product).
             (weight,) = self.params
-            columns = F.unfold(self.saved, KERNEL, padding=1, stride=self.stride)  # (B, in·k·k, positions)
-            per_example = torch.bmm(delta.flatten(2), columns.transpose(1, 2))  # (B, out, in·k·k)
-            return [(weight, per_example.view(delta.shape[0], *weight.shape))]
+            batch = delta.shape[0]
+            per_example = torch.nn.grad.conv2d_weight(
+                self.saved.reshape(1, -1, *self.saved.shape[2:]),
+                (batch * weight.shape[0], *weight.shape[1:]),
+                delta.reshape(1, -1, *delta.shape[2:]),
+                stride=self.stride,
+                padding=1,
+                groups=batch,
+            )
+            return [(weight, per_example.view(batch, *weight.shape))]
         if self.kind == "bn":
             gamma, beta = self.params
             return [(gamma, (delta * self.saved).sum((2, 3))), (beta, delta.sum((2, 3)))]
@@ -131,11 +141,11 @@ class BatchNorm(nn.Module):
             return F.batch_norm(
                 h, self.running_mean, self.running_var, self.weight, self.bias, self.training, BN_MOMENTUM, BN_EPS
             )
-        mean = h.mean((0, 2, 3)).detach()
-        var = h.var((0, 2, 3), unbiased=False).detach()
-        normalised = (h - mean[:, None, None]) * torch.rsqrt(var + BN_EPS)[:, None, None]
-        out = normalised * self.weight[:, None, None] + self.bias[:, None, None]
-        records.append(_Record("bn", (self.weight, self.bias), normalised.detach(), out))
+        # The batch's mean and 1/√(var + ε) from the training-mode kernel, on a detached input: constants.
+        saved, mean, inv_std = torch.native_batch_norm(h.detach(), None, None, None, None, True, 0.0, BN_EPS)
+        scale = inv_std * self.weight  # γ·(h − μ)/σ + β as one multiply-add over the maps
+        out = h * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+        records.append(_Record("bn", (self.weight, self.bias), saved, out))
         return out
 
 
@@ -325,7 +335,7 @@ class GatedResNet(GatedNetwork):
 
         Batch norm uses the batch's statistics, taken as constants, so loss_i depends on example i alone
         and one backward of Σ_i loss_i to the layer outputs gives every δ_i. From δ_i and the layer's saved
-        input: a convolution's g_i = δ_i · unfold(a_i)ᵀ, batch norm's g_i(γ) = Σ_pixels δ_i·x̂_i and
+        input: a convolution's g_i = its weight gradient for example i alone, batch norm's g_i(γ) = Σ_pixels δ_i·x̂_i and
         g_i(β) = Σ_pixels δ_i, the Linear layer's g_i = δ_i a_iᵀ and δ_i.
         """
         records: list[_Record] = []
