@@ -88,7 +88,7 @@ def test_train_arch_resnet20_from_a_settings_file_saves_arch(
 ) -> None:
     settings_file = tmp_path / "run.toml"
     settings_file.write_text('[train]\narch = "resnet20"\nstrategy = "hp"\nepochs = 1\nsubset = 64\nbatch_size = 32\n')
-    code, out, err = _run(
+    code, _, err = _run(
         ["train", "--config", str(settings_file), "--data-dir", str(synthetic_root), "--out", str(tmp_path / "r"),
          "--threads", "1"],
         capsys,

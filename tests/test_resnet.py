@@ -227,7 +227,8 @@ def test_resnet20_sp_hp_dynhp_learn_prune_and_grow_on_synthetic_data(synthetic_r
     # γ just above the initial activation rate (P(z>0) ≈ 0.83 at log α = 0) so the first epoch removes channels.
     hp = train(TrainConfig(strategy="hp", gamma=0.84, **common), runtime).records
     budget = 4 * resnet_weight_count(20, 1, 10) + 40 * BATCH_BYTES_PER_SAMPLE
-    dynhp = train(TrainConfig(strategy="dynhp", gamma=0.84, alpha_bs=0.95, budget_bytes=budget, **common), runtime).records
+    dynhp_config = TrainConfig(strategy="dynhp", gamma=0.84, alpha_bs=0.95, budget_bytes=budget, **common)
+    dynhp = train(dynhp_config, runtime).records
     for records in (sp, hp, dynhp):
         assert records[-1].test_error_pct < min(records[0].test_error_pct, 85.0)  # chance is 90 %
         assert records[-1].train_loss < records[0].train_loss
