@@ -130,6 +130,9 @@ def load_final_network(run_dir: Path) -> FinalNetwork:
         raise ResultsError(f"run {folder.path} is not complete; expected a finished run (its final network)")
     document = folder.read_config()
     config = TrainConfig.from_dict(document["settings"])
+    if config.arch != "mlp":
+        raise ResultsError(f"run {folder.path} trained --arch {config.arch}; expected a run of --arch mlp (export "
+                           "writes MLPs only)")  # fmt: skip
     if config.normalize:
         raise ResultsError(
             f"run {folder.path} normalised its images per channel (normalize = true), which an export does not "

@@ -4,7 +4,9 @@ Everything here is a pure function of layer shapes and batch sizes, so the paper
 checked by hand (see tests/test_metrics.py):
 
 * model bytes = 4 · (weights + biases of the network as it is in that epoch); gate parameters are not
-  counted (they are bookkeeping of the method, not of the trained model);
+  counted (they are bookkeeping of the method, not of the trained model). For a ResNet
+  (`GatedNetwork.model_bytes`): 4 · (convolution weights + batch norms' γ and β + the Linear layer);
+  batch norms' running statistics are not counted (they fold into the convolutions for inference);
 * batch bytes = b · a sample's bytes, 4 × the values of one full input image (4 · 784 = 3,136 for MNIST and
   Fashion-MNIST, 4 · 3,072 = 12,288 for CIFAR-10: `sample_bytes`), labels not counted;
 * "MB" = bytes / 1024 / 1000 (the paper's unit; it reproduces its 1.041 for the full MLP);
@@ -123,7 +125,8 @@ class EpochRecord:
     """One row of `epochs.csv`; the field names are the CSV columns, in this order.
 
     `active_k` counts the neurons physically held by gated layer k (its inputs: the input values, 784 for
-    MNIST, then the hidden units); `expected_active_k` is Σ_j a_j, the epoch's activation rates summed (SP's "virtual"
+    MNIST, then the hidden units; for a ResNet, the inner channels held in stage k + 1, summed over its blocks:
+    `GatedNetwork.held_units`); `expected_active_k` is Σ_j a_j, the epoch's activation rates summed (SP's "virtual"
     neurons of Figure 1). Batch, model and memory columns describe the network as it was trained in
     this epoch, before the pruning at its end; `nonzero_params` counts its non-zero weights and biases
     as evaluated (unstructured sparsity, beside the held `model_bytes`). `validation_loss` is the mean

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from dynhp_bench.architectures import DEFAULT_ARCH
 from dynhp_bench.errors import ResultsError
 from dynhp_bench.metrics import TRAINING_MEMORY_UNIT
 from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, RunFolder, complete_runs, read_json
@@ -33,10 +34,11 @@ TABLE_NUMBER = {"mnist": 2, "fashion": 3}
 PAPER_TABLE_SWEEPS = {"mnist": "sweeps/table2_mnist.toml", "fashion": "sweeps/table3_fashion.toml"}
 # A configuration: everything but the seed (other settings at their paper values are part of the match).
 CONFIG_KEY = ["dataset", "strategy", "batch_size", "alpha_bs", "profile", "epochs", "lam", "gamma", "subset"]
-# Settings that tell competitor configurations apart (None for the strategies that do not use them).
+# Settings that tell competitor configurations apart (None for the strategies that do not use them), and the
+# architecture (None for the default MLP, so the keys of MLP configurations stay as they were).
 EXTRA_KEY = [
     "validation_split", "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate",
-    "reset_optimizer", "reset_biases", "normalize", "augment",
+    "reset_optimizer", "reset_biases", "normalize", "augment", "arch",
 ]  # fmt: skip
 # Settings of the key that count only when on: off reads as None, like a run written before they existed.
 KEY_WHEN_ON = ("normalize", "augment")
@@ -159,8 +161,10 @@ def select(
     configs: pd.DataFrame, *, dataset: str, strategy: str, batch_size: int, alpha_bs: float | None
 ) -> pd.Series | None:
     """The configuration matching a paper row at the paper's λ and γ: the one with most epochs, then seeds."""
+    mlp = configs["arch"].map(lambda v: not _present(v)) if "arch" in configs else True  # the paper's are MLPs
     match = configs[
-        (configs["dataset"] == dataset)
+        mlp
+        & (configs["dataset"] == dataset)
         & (configs["strategy"] == strategy)
         & (configs["batch_size"] == batch_size)
         & configs["lam"].map(lambda v: v is None or math.isclose(v, 0.01))
@@ -170,6 +174,11 @@ def select(
     if match.empty:
         return None
     return match.sort_values(["epochs", "seeds"], ascending=False).iloc[0]
+
+
+def _arch_key(arch: object) -> object:
+    """An architecture as configurations are keyed: None for the MLP (runs written before `arch` existed too)."""
+    return None if arch in (None, DEFAULT_ARCH) else arch
 
 
 def _same_alpha(value: float | None, wanted: float | None) -> bool:
@@ -455,6 +464,8 @@ def _present(value: object) -> bool:
 
 
 def _key_value(name: str, value: object) -> object:
+    if name == "arch":
+        return _arch_key(value)
     return None if name in KEY_WHEN_ON and not value else value
 
 

@@ -137,6 +137,12 @@ class EpochProgress:
             )
 
 
+def _units_label(summary: dict[str, Any]) -> str:
+    """What `active_final` counts: an MLP's layer inputs, a ResNet's inner channels per stage."""
+    arch = summary.get("settings", {}).get("arch", "mlp")
+    return "active neurons" if arch == "mlp" else "inner channels / stage"
+
+
 def print_run_summary(summary: dict[str, Any], run_dir: Path, *, console: Console | None = None) -> None:
     """A finished run's key numbers, one per row."""
     table = Table(title=summary.get("run_id"), show_header=False)
@@ -153,7 +159,7 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, *, console: Consol
             f"(mean {summary['mean_memory_mb']:.3f} MB per epoch)",
         ),
         ("batch size", f"{summary['batch_size_initial']:,} → {summary['batch_size_final']:,}"),
-        ("active neurons", " / ".join(str(a) for a in summary["active_final"])),
+        (_units_label(summary), " / ".join(str(a) for a in summary["active_final"])),
         ("wall time", clock(summary["wall_s"])),
         ("peak resident memory", f"{to_mb(summary['peak_rss_bytes']):.1f} MB"),
         ("run folder", str(run_dir)),

@@ -99,3 +99,5 @@ def test_train_arch_resnet20_from_a_settings_file_saves_arch(
     assert json.loads((run / "config.json").read_text())["settings"]["arch"] == "resnet20"
     code, _, err = _run(["train", "--arch", "resnet20", "--strategy", "dyprune"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "expected --arch mlp" in err
+    code, _, err = _run(["export", str(run), "--out", str(tmp_path / "net.safetensors")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "expected a run of --arch mlp" in err
