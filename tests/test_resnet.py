@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from pathlib import Path
 
 import pytest
@@ -191,6 +192,7 @@ def test_removal_slices_adam_moments_and_survives_a_checkpoint(synthetic_root: P
     # γ = 0 removes nothing by itself, so the removal below is the only one.
     config = TrainConfig(arch="resnet20", strategy="hp", epochs=3, batch_size=32, gamma=0.0)
     trainer = Trainer(config, data, torch.device("cpu"))
+    trainer.test_x, trainer.test_y = trainer.test_x[:32], trainer.test_y[:32]  # a short evaluation suffices here
     trainer.run_epoch(1, last=False)
     block = trainer.net.blocks[4]
     conv2_moment = trainer.optimizer.state[block.conv2]["exp_avg"].clone()
@@ -208,6 +210,7 @@ def test_removal_slices_adam_moments_and_survives_a_checkpoint(synthetic_root: P
     uninterrupted = trainer.run_epoch(2, last=False)
     resumed = Trainer(config, data, torch.device("cpu"))
     resumed.load_state_dict(state)
+    resumed.test_x, resumed.test_y = resumed.test_x[:32], resumed.test_y[:32]
     again = resumed.run_epoch(2, last=False)
     assert again.test_error_pct == uninterrupted.test_error_pct and again.train_loss == uninterrupted.train_loss
     for a, b in zip(itertools.chain(resumed.net.parameters(), resumed.net.buffers()),
@@ -240,3 +243,35 @@ def test_resnet20_sp_hp_dynhp_learn_prune_and_grow_on_synthetic_data(synthetic_r
     assert dynhp[0].batch_size == 8 and dynhp[1].batch_size > 8
     assert dynhp[0].batch_cap is not None and dynhp[1].batch_size <= dynhp[0].batch_cap
     assert all(r.variance_ratio > 0 for r in dynhp)
+
+
+def test_removed_channels_never_return(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, subset=64, download=False)
+    trainer = Trainer(
+        TrainConfig(arch="resnet20", strategy="hp", epochs=4, batch_size=16, gamma=0.84), data, torch.device("cpu")
+    )
+    trainer.test_x, trainer.test_y = trainer.test_x[:16], trainer.test_y[:16]  # evaluation is not what is tested
+    counts = [trainer.net.unit_counts()]
+    for epoch in range(1, 4):
+        trainer.run_epoch(epoch, last=False)
+        counts.append(trainer.net.unit_counts())
+        for block, log_alpha, held in zip(trainer.net.blocks, trainer.net.log_alphas, counts[-1], strict=True):
+            assert block.conv1.shape[0] == block.conv2.shape[1] == log_alpha.shape[0] == held
+    for before, after in itertools.pairwise(counts):
+        assert all(a <= b for b, a in zip(before, after, strict=True)), "a removed channel came back"
+    assert sum(counts[-1]) < sum(counts[0])
+
+
+def test_every_growth_reading_reads_the_resnets_statistic(synthetic_root: Path) -> None:
+    data = load_dataset("mnist", synthetic_root, subset=32, download=False)
+    ratios = {}
+    readings = {"examples": {}, "mean": {"growth_variance": "mean"}, "bessel": {"growth_correction": "bessel"},
+                "objective": {"growth_loss": "objective"}}  # fmt: skip
+    for name, reading in readings.items():
+        config = TrainConfig(arch="resnet20", strategy="dynhp", epochs=2, batch_size=16, budget_bytes=10**8, **reading)
+        totals = Trainer(config, data, torch.device("cpu"))._train_steps(1)  # the same two steps for every reading
+        ratios[name] = float(totals.ratio_sum / totals.steps)
+    assert ratios["examples"] > 0 and math.isfinite(ratios["examples"])
+    assert ratios["mean"] == pytest.approx(ratios["examples"] / 16, rel=1e-5)
+    assert ratios["bessel"] == pytest.approx(ratios["examples"] * 16 / 15, rel=1e-5)
+    assert 0 < ratios["objective"] < ratios["examples"]  # F grows by the penalty
