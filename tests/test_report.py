@@ -114,6 +114,16 @@ def test_the_longest_profile_is_chosen_and_other_settings_do_not_match(tmp_path:
     assert (row["profile"], row["epochs"], row["error_pct"]) == ("quick", 4, 6.0)
 
 
+def test_architectures_are_configurations_of_their_own_and_only_the_mlp_fills_the_paper_table(tmp_path: Path) -> None:
+    make_run(tmp_path, sp(epochs=3), errors=[5.0, 3.0, 1.0])
+    make_run(tmp_path, sp(epochs=3, arch="resnet20"), errors=[5.0, 3.0, 9.0])
+    configs = report.configurations(report.index_runs(tmp_path).runs)
+    assert len(configs) == 2 and configs["seeds"].tolist() == [1, 1]
+    assert [v for v in configs["arch"] if isinstance(v, str)] == ["resnet20"]  # the MLP's is None (unset)
+    row = report.paper_table(configs, "mnist").set_index("method").loc["SP"]
+    assert row["error_pct"] == 1.0
+
+
 def test_unfinished_runs_are_listed_not_read(tmp_path: Path) -> None:
     make_run(tmp_path, sp(epochs=2), errors=[1.0, 1.0])
     unfinished = make_run(tmp_path, sp(epochs=3), errors=[1.0, 1.0], complete=False)
