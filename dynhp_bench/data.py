@@ -176,11 +176,6 @@ def input_shape(name: str) -> tuple[int, int, int]:
     return dataset_spec(name).shape
 
 
-def input_shape(name: str) -> tuple[int, int, int]:
-    """(channels, rows, columns) of one image of dataset `name`; rows of `Dataset` hold C·H·W pixels."""
-    return (1, *IMAGE_SIZE[name])
-
-
 @dataclass(frozen=True)
 class Dataset:
     """Train and test sets as float32 pixels in [0, 1], flattened to rows, and int64 labels."""

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import load_dataset
 from dynhp_bench.gates import prob_nonzero
-from dynhp_bench.metrics import BATCH_BYTES_PER_SAMPLE
+from dynhp_bench.metrics import sample_bytes
 from dynhp_bench.resnet import BatchNorm, GatedResNet, resnet_weight_count
 from dynhp_bench.train import Runtime, Trainer, train
 
@@ -229,7 +229,7 @@ def test_resnet20_sp_hp_dynhp_learn_prune_and_grow_on_synthetic_data(synthetic_r
     sp = train(TrainConfig(strategy="sp", **common), runtime).records
     # γ just above the initial activation rate (P(z>0) ≈ 0.83 at log α = 0) so the first epoch removes channels.
     hp = train(TrainConfig(strategy="hp", gamma=0.84, **common), runtime).records
-    budget = 4 * resnet_weight_count(20, 1, 10) + 40 * BATCH_BYTES_PER_SAMPLE
+    budget = 4 * resnet_weight_count(20, 1, 10) + 40 * sample_bytes((1, 28, 28))
     dynhp_config = TrainConfig(strategy="dynhp", gamma=0.84, alpha_bs=0.95, budget_bytes=budget, **common)
     dynhp = train(dynhp_config, runtime).records
     for records in (sp, hp, dynhp):

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig, resolve_config
+from dynhp_bench.config import resolve_config
 from dynhp_bench.errors import SettingsError, StorageError
 from dynhp_bench.results import COMPLETE_MARKER, RUNS_DIR, RunFolder, run_path
 from dynhp_bench.sweep import (
@@ -152,10 +152,8 @@ def test_the_cifar10_mlp_file_runs_sp_hp_and_dynhp_as_train_would() -> None:
 
 
 def test_the_cifar10_resnet20_file_sets_the_arch_of_every_run() -> None:
-    if "arch" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        pytest.skip("needs the arch setting (issue 14 part M)")
     sweep = expand(read_sweep_file(SWEEPS_DIR / "cifar10_resnet20.toml"), overrides={"profile": "smoke"})
-    assert {(p.config.dataset, p.config.arch) for p in sweep.points} == {("cifar10", "resnet20")}  # type: ignore[attr-defined]
+    assert {(p.config.dataset, p.config.arch) for p in sweep.points} == {("cifar10", "resnet20")}
     assert sorted({p.config.strategy for p in sweep.points}) == ["dynhp", "hp", "sp"] and len(sweep.points) == 9
 
 
