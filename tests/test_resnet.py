@@ -275,3 +275,13 @@ def test_every_growth_reading_reads_the_resnets_statistic(synthetic_root: Path) 
     assert ratios["mean"] == pytest.approx(ratios["examples"] / 16, rel=1e-5)
     assert ratios["bessel"] == pytest.approx(ratios["examples"] * 16 / 15, rel=1e-5)
     assert 0 < ratios["objective"] < ratios["examples"]  # F grows by the penalty
+
+
+def test_resnet20_trains_on_synthetic_cifar10_through_the_real_loader(cifar_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(dataset="cifar10", arch="resnet20", strategy="hp", epochs=2, subset=64, batch_size=32,
+                         gamma=0.84)  # fmt: skip
+    records = train(config, _runtime(cifar_root, tmp_path)).records
+    assert records[0].model_bytes == 4 * resnet_weight_count(20, 3, 10) == 4 * 269_722
+    assert records[0].batch_bytes == 32 * 4 * 3 * 32 * 32
+    assert [records[0].active_0, records[0].active_1, records[0].active_2] == [48, 96, 192]
+    assert records[1].model_bytes < records[0].model_bytes  # channels removed after epoch 1
