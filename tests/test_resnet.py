@@ -222,20 +222,21 @@ def _runtime(root: Path, results: Path) -> Runtime:
     return Runtime(data_dir=root, results_root=results, threads=1, device="cpu")
 
 
-def test_resnet20_sp_hp_dynhp_learn_prune_and_grow_on_synthetic_data(synthetic_root: Path, tmp_path: Path) -> None:
-    runtime = _runtime(synthetic_root, tmp_path)
+def test_resnet20_sp_hp_dynhp_learn_prune_and_grow_on_synthetic_cifar10(cifar_root: Path, tmp_path: Path) -> None:
+    # Synthetic files in CIFAR-10's official binary format, read through the real loader.
+    runtime = _runtime(cifar_root, tmp_path)
     # Small batches: batch norm's running statistics (what evaluation uses) need a few dozen steps to settle.
-    common = {"arch": "resnet20", "epochs": 2, "subset": 256, "batch_size": 8}
+    common = {"dataset": "cifar10", "arch": "resnet20", "epochs": 2, "subset": 256, "batch_size": 8}
     sp = train(TrainConfig(strategy="sp", **common), runtime).records
     # γ just above the initial activation rate (P(z>0) ≈ 0.83 at log α = 0) so the first epoch removes channels.
     hp = train(TrainConfig(strategy="hp", gamma=0.84, **common), runtime).records
-    budget = 4 * resnet_weight_count(20, 1, 10) + 40 * sample_bytes((1, 28, 28))
+    budget = 4 * resnet_weight_count(20, 3, 10) + 40 * sample_bytes((3, 32, 32))
     dynhp_config = TrainConfig(strategy="dynhp", gamma=0.84, alpha_bs=0.95, budget_bytes=budget, **common)
     dynhp = train(dynhp_config, runtime).records
     for records in (sp, hp, dynhp):
         assert records[-1].test_error_pct < min(records[0].test_error_pct, 85.0)  # chance is 90 %
         assert records[-1].train_loss < records[0].train_loss
-    assert sp[0].model_bytes == sp[1].model_bytes == 4 * resnet_weight_count(20, 1, 10)
+    assert sp[0].model_bytes == sp[1].model_bytes == 4 * resnet_weight_count(20, 3, 10)
     held = [[r.active_0, r.active_1, r.active_2] for r in hp]
     assert held[0] == [48, 96, 192]
     assert all(b < a for a, b in zip(held[0], held[1], strict=True))
