@@ -20,7 +20,14 @@ import typer
 
 from dynhp_bench import __version__, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
-from dynhp_bench.bench import DEFAULT_BATCH_SIZES, DEFAULT_WARM_UP_EPOCHS, run_bench, targets, train_peak_rss_bytes
+from dynhp_bench.bench import (
+    CASES,
+    DEFAULT_BATCH_SIZES,
+    DEFAULT_WARM_UP_EPOCHS,
+    run_bench,
+    targets,
+    train_peak_rss_bytes,
+)
 from dynhp_bench.config import (
     CHOICES,
     DEFAULT_PROFILE,
@@ -160,6 +167,12 @@ def train_command(
         typer.Option(help="Torch CPU threads", show_default="1 below batch 256, else the cores left free"),
     ] = None,
     device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
+    step: Annotated[
+        str,
+        typer.Option(
+            help="Training step: fast (the hand-written MLP step where it covers the run) | autograd (the reference)"
+        ),
+    ] = "fast",
     force: Annotated[
         bool, typer.Option(help="Train afresh even if this run is complete or has a checkpoint to continue from")
     ] = False,
@@ -339,7 +352,12 @@ def train_command(
     else:
         settings = resolve_config(cli_values, settings_file=config)
     runtime = Runtime(
-        data_dir=data_dir, results_root=out, threads=threads, device=device, checkpoint_every=checkpoint_every
+        data_dir=data_dir,
+        results_root=out,
+        threads=threads,
+        device=device,
+        checkpoint_every=checkpoint_every,
+        step=step,
     )
     header = f"[bold]{settings.run_id}[/]  ({settings.profile} profile, {settings.epochs} epochs)"
     with EpochProgress(settings.epochs, enabled=not quiet, header=header) as progress:
@@ -358,7 +376,7 @@ SETTING_OPTIONS = (
     "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
     "growth_loss", "growth_variance", "growth_correction", "growth_smoothing", "ema_decay", "normalize", "augment",
 )  # fmt: skip
-RUNTIME_OPTIONS = ("config", "data_dir", "out", "device")
+RUNTIME_OPTIONS = ("config", "data_dir", "out", "device", "step")
 FIXED_SETTINGS = "Fixed settings (as for train)"
 STORAGE_ENV = "DYNHP_STORAGE"  # keeps a PostgreSQL password off the command line and out of shell history
 MAX_HEARTBEAT_S = 3600
@@ -494,7 +512,7 @@ def sweep_command(
 
 
 @app.command("reproduce")
-@_with_train_options(("data_dir", "out", "device"))
+@_with_train_options(("data_dir", "out", "device", "step"))
 def reproduce_command(
     *,
     profile: Annotated[
@@ -568,6 +586,7 @@ def _run_sweep(
         threads=None if threads is None else split_threads(threads, workers),
         workers=workers,
         device=runtime_options["device"],
+        step=runtime_options["step"],
     )
     runtime.torch_device()
     check_data(sweep, runtime.data_dir)
@@ -826,6 +845,12 @@ def bench_command(
     out: Annotated[Path, typer.Option(help="Results root; the table lands in OUT/bench/bench.csv")] = Path("results"),
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
     device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
+    step: Annotated[
+        str,
+        typer.Option(
+            help="Training step: fast (the hand-written MLP step where it covers the run) | autograd (the reference)"
+        ),
+    ] = "fast",
     memory: Annotated[bool, typer.Option(help="Also measure the peak resident memory of `train`")] = True,
 ) -> None:
     """Time the trainer: seconds per epoch of each strategy beside a plain PyTorch loop.
@@ -845,23 +870,29 @@ def bench_command(
         return
     if dataset not in CHOICES["dataset"]:
         raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
-    runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device)
+    runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device, step=step)
     torch_device = runtime.torch_device()
     _set_threads(threads)
     root = resolve_data_dir(data_dir)
     data = load_dataset(dataset, root, subset=subset)
     csv_path = out / "bench" / "bench.csv"
     err_console.print(
-        f"timing {len(sizes) * 5} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "
+        f"timing {len(sizes) * len(CASES)} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "
         f"{dataset} images, "
         f"{torch.get_num_threads()} threads, {torch_device}"
     )
 
     def show(case: str, batch: int, seconds: float) -> None:
-        err_console.print(f"  {case:>5} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
+        err_console.print(f"  {case:>10} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
 
     frame, peak = run_bench(
-        data, batch_sizes=sizes, repeats=repeats, warm_up_epochs=warm_up_epochs, device=torch_device, on_epoch=show
+        data,
+        batch_sizes=sizes,
+        repeats=repeats,
+        warm_up_epochs=warm_up_epochs,
+        device=torch_device,
+        step=runtime.step,
+        on_epoch=show,
     )
     _save_csv(frame, csv_path)
     print_bench(frame, dataset=dataset, peak_gflops=peak, checks=targets(frame))

@@ -109,13 +109,15 @@ class Calibration:
     eval_s: float
 
 
-def calibrate(config: TrainConfig, data: Dataset, device: torch.device, *, steps: int, clock: Clock) -> Calibration:
-    """Time `config`'s training steps (`steps` untimed, then `steps` timed) and one evaluation (the test set, and
-    the validation split when the run holds one out)."""
+def calibrate(
+    config: TrainConfig, data: Dataset, device: torch.device, *, steps: int, clock: Clock, step: str = "fast"
+) -> Calibration:
+    """Time `config`'s training steps (`steps` untimed, then `steps` timed, on the `step` path as `Runtime.step`)
+    and one evaluation (the test set, and the validation split when the run holds one out)."""
     held_out = config.validation_split or 0
     images = min(steps * config.batch_size + held_out, data.n_train)
     head = Dataset(data.name, data.train_x[:images], data.train_y[:images], data.test_x, data.test_y)
-    trainer = Trainer(config, head, device)
+    trainer = Trainer(config, head, device, step=step)
     trainer.run_epoch(1, last=True)  # warm-up; last=True: no pruning, the network stays as set up
     started = clock()
     trainer.run_epoch(2, last=True)  # its steps and one evaluation
@@ -165,7 +167,9 @@ def estimate(
             torch.set_num_threads(
                 runtime.threads or default_threads(batch_size=config.batch_size, workers=runtime.workers)
             )
-            costs[run.key] = calibrate(config, datasets[config.dataset], device, steps=steps, clock=clock)
+            costs[run.key] = calibrate(
+                config, datasets[config.dataset], device, steps=steps, clock=clock, step=runtime.step
+            )
         first = next((run for run in runs if run.epochs_left > 0), None)
         start_s = 0.0 if first is None else start_up_s(first.config.dataset, runtime, clock=clock)
         if first is not None:  # the one-epoch run's own evaluation is counted in every epoch already

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,7 @@ from dynhp_bench.augmentation import augmented, column_statistics
 from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
 from dynhp_bench.data import Dataset, input_shape, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
+from dynhp_bench.fastpath import FastStep
 from dynhp_bench.interrupts import StopRequest, stop_on_signals
 from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, peak_rss_bytes, to_mb, training_memory_mb
 from dynhp_bench.network import GatedNetwork
@@ -35,6 +36,7 @@ from dynhp_bench.threads import check_threads, default_threads
 from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio
 
 DEVICES = ("auto", "cpu", "cuda")
+STEP_KINDS = ("fast", "autograd")  # `Runtime.step`: the fast path where it covers the network, or autograd
 EVAL_CHUNK = 10_000
 CHECKPOINT_INTERVAL_S = 300.0  # without --checkpoint-every: at most ~5 minutes of work are lost
 
@@ -49,12 +51,15 @@ class Runtime:
     device: str = "auto"
     checkpoint_every: int | None = None
     workers: int = 1  # processes sharing this machine's cores (a sweep's workers)
+    step: str = "fast"  # the training step: "fast" where `fastpath` covers the network, else "autograd"
 
     def __post_init__(self) -> None:
         check_count("--checkpoint-every", self.checkpoint_every, low=1, high=MAX_EPOCHS)
         if self.device not in DEVICES:
             raise SettingsError(f"--device={self.device!r} is not known; expected one of {', '.join(DEVICES)}")
         check_threads(self.threads)
+        if self.step not in STEP_KINDS:
+            raise SettingsError(f"--step={self.step!r} is not known; expected one of {', '.join(STEP_KINDS)}")
 
     def torch_device(self) -> torch.device:
         """The torch device: `auto` is CUDA when available, else the CPU."""
@@ -98,6 +103,89 @@ class StepTotals:
     largest_batch: int = 0
 
 
+class StepPath(Protocol):
+    """One way of computing a training step, made for one epoch's steps (`Trainer.step_path`)."""
+
+    def gradients(self, xb: torch.Tensor, yb: torch.Tensor, totals: StepTotals) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the gates and put the objective's gradient in every parameter's ``.grad``; add the step's open
+        gates, penalty and growth ratio to `totals`; return (data loss, growth ratio or NaN)."""
+        ...
+
+    def update(self) -> None:
+        """Adam's step, then pruned weights back to zero and log α clamped."""
+        ...
+
+    def release(self) -> None:
+        """The epoch's steps are over (also after an exception)."""
+        ...
+
+
+class AutogradStep:
+    """The reference step: the network's forward under autograd, the closed-form penalty gradient, the trainer's
+    Adam. Every architecture and optimiser; the fast path is tested against it."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+
+    def gradients(self, xb: torch.Tensor, yb: torch.Tensor, totals: StepTotals) -> tuple[torch.Tensor, torch.Tensor]:
+        """See `StepPath.gradients`."""
+        trainer = self.trainer
+        config, net, device = trainer.config, trainer.net, trainer.device
+        per_example = config.gate_draws == "example"
+        track_variance = trainer.strategy.needs_gradient_variance
+        rows = xb.shape[0]
+        gates = None
+        if net.gated:
+            flat_gates = net.sample(rows if per_example else None, trainer.device_generator)
+            totals.counts += (flat_gates > 0).sum(0) if per_example else (flat_gates > 0)
+            totals.draws += rows if per_example else 1
+            gates = net.split(flat_gates)
+        if track_variance:
+            trainer.tap.reset(device)
+        logits = net(xb, gates, hooks=trainer.tap if track_variance else None)
+        data_loss = F.cross_entropy(logits, yb)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        data_loss.backward()
+        if track_variance:
+            # The penalty's gradient is not added yet: the gradients are the data loss's, ḡ.
+            s_l1 = net.variance_l1(trainer.tap, xb, yb, gates)
+        penalty = torch.zeros((), device=device)
+        if net.gated:
+            penalty = net.add_penalty_gradients(
+                lam=config.lam or 0.0,
+                weight_decay=config.weight_decay,
+                n_train=trainer.n_train,
+                divide_by_n=config.lambda_scaling == "divide_by_n",
+            )
+            totals.penalty_sum += penalty
+        ratio = torch.full((), math.nan)
+        if track_variance:
+            ratio = growth_ratio(
+                s_l1,
+                data_loss.detach(),
+                penalty.detach(),
+                rows,
+                variance=config.growth_variance or "examples",
+                loss=config.growth_loss or "data",
+                correction=config.growth_correction or "none",
+                averages=trainer.growth_averages,
+            )
+            totals.ratio_sum += ratio
+        return data_loss.detach(), ratio
+
+    def update(self) -> None:
+        """See `StepPath.update`."""
+        net = self.trainer.net
+        self.trainer.optimizer.step()
+        if net.pruned is not None:
+            net.zero_pruned()
+        if net.gated:
+            net.clamp_log_alphas()
+
+    def release(self) -> None:
+        """Nothing to give back."""
+
+
 class Trainer:
     """One run's state: the network, Adam, the data as currently fed (pruned input columns), the batch size.
 
@@ -105,10 +193,13 @@ class Trainer:
     validation and test images once, the training images batch by batch).
     With ``augment`` the training images are kept whole and each batch is augmented (`augmentation.augmented`,
     drawing from the run's device generator) before its pruned input columns are selected.
+    `step` is `Runtime.step`: ``fast`` trains with `fastpath.FastStep` where it covers the network, ``autograd``
+    with the reference `AutogradStep` always.
     """
 
-    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device, *, step: str = "fast") -> None:
         self.config = config
+        self.step_kind = step
         self.device = device
         self.strategy: Strategy = STRATEGIES[config.strategy](config)
         self.cpu_generator = torch.Generator().manual_seed(config.seed)
@@ -315,12 +406,7 @@ class Trainer:
 
     def _train_steps(self, epoch: int) -> StepTotals:
         config, net, device = self.config, self.net, self.device
-        gated = net.gated
-        per_example = config.gate_draws == "example"
-        track_variance = self.strategy.needs_gradient_variance
-        step_growth = track_variance and config.growth_cadence == "step"
-        lam = config.lam or 0.0
-        divide_by_n = config.lambda_scaling == "divide_by_n"
+        step_growth = self.strategy.needs_gradient_variance and config.growth_cadence == "step"
         n = self.train_x.shape[0]
         perm = torch.randperm(n, generator=self.cpu_generator).to(device)
         zero = torch.zeros((), device=device)
@@ -330,65 +416,38 @@ class Trainer:
         start = 0
         next_report = time.monotonic() + STEP_REPORT_S
         net.train()
-        while start < n:
-            index = perm[start : start + self.batch_size]
-            start += self.batch_size
-            totals.largest_batch = max(totals.largest_batch, self.batch_size)
-            rows = index.shape[0]
-            xb = self.training_batch(index)
-            yb = self.train_y.index_select(0, index)
-            gates = None
-            if gated:
-                flat_gates = net.sample(rows if per_example else None, self.device_generator)
-                totals.counts += (flat_gates > 0).sum(0) if per_example else (flat_gates > 0)
-                totals.draws += rows if per_example else 1
-                gates = net.split(flat_gates)
-            if track_variance:
-                self.tap.reset(device)
-            logits = net(xb, gates, hooks=self.tap if track_variance else None)
-            data_loss = F.cross_entropy(logits, yb)
-            self.optimizer.zero_grad(set_to_none=True)
-            data_loss.backward()
-            if track_variance:
-                # The penalty's gradient is not added yet: the gradients are the data loss's, ḡ.
-                s_l1 = net.variance_l1(self.tap, xb, yb, gates)
-            penalty = zero
-            if gated:
-                penalty = net.add_penalty_gradients(
-                    lam=lam, weight_decay=config.weight_decay, n_train=self.n_train, divide_by_n=divide_by_n
-                )
-                totals.penalty_sum += penalty
-            if track_variance:
-                ratio = growth_ratio(
-                    s_l1,
-                    data_loss.detach(),
-                    penalty.detach(),
-                    rows,
-                    variance=config.growth_variance or "examples",
-                    loss=config.growth_loss or "data",
-                    correction=config.growth_correction or "none",
-                    averages=self.growth_averages,
-                )
-                totals.ratio_sum += ratio
-            self.optimizer.step()
-            if net.pruned is not None:
-                net.zero_pruned()
-            if gated:
-                net.clamp_log_alphas()
-            if self.ema is not None:
-                self._update_ema()
-            totals.loss_sum += data_loss.detach()
-            totals.steps += 1
-            if self.stop is not None and self.stop.requested:
-                raise _StopNow
-            if self.on_step is not None and time.monotonic() >= next_report:
-                self.on_step(epoch, min(start, n), n)
-                next_report = time.monotonic() + STEP_REPORT_S
-            if step_growth:
-                self.batch_size = self.strategy.next_batch_size(
-                    self.batch_size, GrowthStats(epoch, float(ratio)), memory
-                )
+        path = self.step_path()
+        try:
+            while start < n:
+                index = perm[start : start + self.batch_size]
+                start += self.batch_size
+                totals.largest_batch = max(totals.largest_batch, self.batch_size)
+                xb = self.training_batch(index)
+                yb = self.train_y.index_select(0, index)
+                data_loss, ratio = path.gradients(xb, yb, totals)
+                path.update()
+                if self.ema is not None:
+                    self._update_ema()
+                totals.loss_sum += data_loss.detach()
+                totals.steps += 1
+                if self.stop is not None and self.stop.requested:
+                    raise _StopNow
+                if self.on_step is not None and time.monotonic() >= next_report:
+                    self.on_step(epoch, min(start, n), n)
+                    next_report = time.monotonic() + STEP_REPORT_S
+                if step_growth:
+                    self.batch_size = self.strategy.next_batch_size(
+                        self.batch_size, GrowthStats(epoch, float(ratio)), memory
+                    )
+        finally:
+            path.release()
         return totals
+
+    def step_path(self) -> StepPath:
+        """The training step for the network as it is now: the fast path (`fastpath.FastStep`) where it covers
+        the network and `step_kind` is ``fast``, else the autograd reference (`AutogradStep`)."""
+        fast = FastStep.bind(self) if self.step_kind == "fast" else None
+        return fast if fast is not None else AutogradStep(self)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -530,6 +589,7 @@ def config_document(config: TrainConfig, runtime: Runtime, device: torch.device,
         "runtime": {
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "step": runtime.step,
             "data_dir": str(data_root),
         },
         "versions": {
@@ -628,7 +688,7 @@ def _train_holding_lock(
     on_step: StepCallback | None,
     force: bool,
 ) -> RunResult:
-    trainer = Trainer(config, data, device)
+    trainer = Trainer(config, data, device, step=runtime.step)
     records: list[EpochRecord] = []
     earlier_wall_s = 0.0  # the wall time of earlier stretches of this run, up to the checkpoint resumed from
     if not force and folder.checkpoint_path.is_file():

@@ -338,7 +338,12 @@ def print_configurations(configs: pd.DataFrame, *, console: Console | None = Non
 
 def print_bench(frame: pd.DataFrame, *, dataset: str, peak_gflops: float, checks: list[Target]) -> None:
     """The bench table (seconds per epoch per case) and whether each speed target holds."""
-    table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s")
+    step = f", {frame['step'].iloc[0]} step" if "step" in frame.columns else ""
+    table = Table(
+        title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s{step}",
+        caption="plain: nn.Sequential + Adam flushing subnormal floats to zero as the trainer does "
+        "(the reference of × plain); plain_ieee: the same without flushing",
+    )
     for column in ("case", "batch", "weights", "s/epoch", "FLOP limit s", "× plain", "× FLOP limit"):
         table.add_column(column, justify="right")
     for row in frame.itertuples():

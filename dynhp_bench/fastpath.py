@@ -1,0 +1,337 @@
+"""The fast path: the MLP's training step written out by hand, with every parameter a view of one flat buffer.
+
+The reference path (`train.AutogradStep`) builds an autograd graph of ~230 tensor operations a step for SP; at
+batch 16 a step's cost is the fixed cost of those operations, not arithmetic (docs/performance.md). This
+module computes the same step in about a third as many:
+
+* forward: per layer one ``addmm`` (the shared gate folded into the weights or multiplied into the input by the
+  same rule as `GatedMLP.forward`, so the logits are the reference's to the bit), one ReLU;
+* loss: the ATen kernels autograd itself calls for cross-entropy and its gradient;
+* backward: per layer the weight-gradient ``mm``, the bias-gradient sum, the input-gradient ``mm``, the gate's
+  gradient, the ReLU mask (``threshold_backward``); the gates' chain rule through the hard-concrete draw for all
+  gates at once;
+* DynHP's statistic of `variance` read from the δ and inputs the backward already has (‖ḡ‖² one dot product);
+* the penalty's gradient (`GatedMLP.add_penalty_gradients`' formulas) over the flat log α, the flat biases and
+  one ``addcmul`` per weight;
+* Adam as one fused call over one tensor, the log α clamp one call, DyPrune's mask one ``masked_fill``.
+
+Weights, biases and log α are views of one flat buffer (in `GatedMLP.parameters()` order), and so are their
+gradients and Adam's moments: `FastStep.bind` packs them at the start of an epoch's steps (shapes change only
+between epochs), so checkpoints, pruning, EMA and evaluation see ordinary parameters and optimiser state.
+`FastStep.covers` says when it applies (the gated or plain MLP, fused Adam); the trainer uses the reference path
+otherwise. Tests hold it to the reference path's gradients (tests/test_fastpath.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from dynhp_bench.gates import (
+    BETA,
+    FOLD_MIN_ROWS_FIRST_LAYER,
+    GAMMA_HC,
+    LOG_ALPHA_MAX,
+    LOG_ALPHA_MIN,
+    ZETA,
+    GatedMLP,
+    l0_charge_per_output,
+    prob_nonzero,
+    uniform_noise,
+)
+from dynhp_bench.variance import growth_ratio, variance_l1
+
+if TYPE_CHECKING:
+    from dynhp_bench.train import StepTotals, Trainer
+
+# d gate / d log α = (ζ − γ)/β · s(1 − s) where the draw is not clamped (s the sigmoid of the draw).
+GATE_SLOPE = (ZETA - GAMMA_HC) / BETA
+MEAN_REDUCTION = 1  # ATen's Reduction::Mean
+IGNORE_INDEX = -100  # F.cross_entropy's default
+
+
+@dataclass
+class _Layer:
+    """One Linear layer's views into the flat buffers, and what its forward keeps for the backward."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    weight_grad: torch.Tensor
+    bias_grad: torch.Tensor
+    gates: slice  # its columns in the flat gate layout (empty for an ungated network)
+    fold_min_rows: int
+    scratch: torch.Tensor  # (out, in) work space: W·diag(g) when the gate is folded into the weight
+    scratch_grad: torch.Tensor  # (out, in) work space: the folded weight's gradient, then W² for the penalty
+
+
+class FastStep:
+    """One epoch's training steps of a `GatedMLP` (gated or plain) under fused Adam, without autograd.
+
+    Made by `bind` at the start of an epoch's steps; `gradients` then `update` per step, as the reference path.
+    """
+
+    def __init__(self, trainer: Trainer) -> None:
+        net, optimizer = trainer.net, trainer.optimizer
+        self.net = net
+        self.config = trainer.config
+        self.generator = trainer.device_generator
+        self.n_train = trainer.n_train
+        self.track_variance = trainer.strategy.needs_gradient_variance
+        self.per_example = trainer.config.gate_draws == "example"
+        params = list(net.parameters())
+        device = params[0].device
+        sizes = [p.numel() for p in params]
+        self.flat = torch.cat([p.detach().reshape(-1) for p in params])
+        self.grad = torch.zeros_like(self.flat)
+        group = optimizer.param_groups[0]
+        self.lr = float(group["lr"])
+        self.beta1, self.beta2 = (float(b) for b in group["betas"])
+        self.eps = float(group["eps"])
+        states = [optimizer.state[p] for p in params]
+        if all(len(s) == 0 for s in states):  # before Adam's first step: its lazy initialisation, all at once
+            self.exp_avg = torch.zeros_like(self.flat)
+            self.exp_avg_sq = torch.zeros_like(self.flat)
+            self.step_count = torch.zeros((), dtype=torch.float32, device=device)
+        else:
+            self.exp_avg = torch.cat([s["exp_avg"].reshape(-1) for s in states])
+            self.exp_avg_sq = torch.cat([s["exp_avg_sq"].reshape(-1) for s in states])
+            self.step_count = states[0]["step"].clone()
+        # Every parameter, its gradient and its moments become views of the flat buffers.
+        offsets = [0]
+        for size in sizes:
+            offsets.append(offsets[-1] + size)
+        for i, (param, state) in enumerate(zip(params, states, strict=True)):
+            part = slice(offsets[i], offsets[i + 1])
+            param.data = self.flat[part].view_as(param)
+            param.grad = self.grad[part].view_as(param)
+            state["exp_avg"] = self.exp_avg[part].view_as(param)
+            state["exp_avg_sq"] = self.exp_avg_sq[part].view_as(param)
+            state["step"] = self.step_count  # one counter for all, given back one each by `release`
+        self.optimizer_state = states
+        n_layers = net.n_layers
+        weights_end = offsets[n_layers]
+        biases_end = offsets[2 * n_layers]
+        self.weights_flat = self.flat[:weights_end]
+        self.biases_flat = self.flat[weights_end:biases_end]
+        self.log_alpha = self.flat[biases_end:]
+        self.data_grad = self.grad[:biases_end]  # weights and biases: what ‖ḡ‖² sums over
+        self.weights_grad = self.grad[:weights_end]
+        self.biases_grad = self.grad[weights_end:biases_end]
+        self.log_alpha_grad = self.grad[biases_end:]
+        self.pruned = None if net.pruned is None else torch.cat([m.reshape(-1) for m in net.pruned])
+        self.layers: list[_Layer] = []
+        # Preallocated (out, in) work spaces: a fresh 1 MB tensor a step costs its page faults every step.
+        self.scratch = torch.empty_like(self.weights_flat)
+        self.scratch_grad = torch.empty_like(self.weights_flat)
+        gate_start = 0
+        for layer, (n_in, n_out) in enumerate(net.shapes):
+            gates = slice(gate_start, gate_start + n_in) if net.gated else slice(0, 0)
+            gate_start += n_in if net.gated else 0
+            self.layers.append(
+                _Layer(
+                    weight=self.flat[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
+                    bias=self.flat[offsets[n_layers + layer] : offsets[n_layers + layer + 1]],
+                    weight_grad=self.grad[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
+                    bias_grad=self.grad[offsets[n_layers + layer] : offsets[n_layers + layer + 1]],
+                    gates=gates,
+                    # GatedMLP.forward's rule (`_fold_min_rows`): the first layer's input needs no gradient.
+                    fold_min_rows=min(n_out, FOLD_MIN_ROWS_FIRST_LAYER) if layer == 0 else n_out,
+                    scratch=self.scratch[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
+                    scratch_grad=self.scratch_grad[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
+                )
+            )
+        if net.gated:
+            penalty = self.config
+            self.lam = penalty.lam or 0.0
+            self.weight_decay = penalty.weight_decay
+            scale = l0_charge_per_output(
+                self.lam, n_train=self.n_train, divide_by_n=penalty.lambda_scaling == "divide_by_n"
+            )
+            # λ·out/N for every gate (out of the gate's layer): the constant part of its charge c_j.
+            self.charge_constant = torch.cat(
+                [torch.full((n_in,), scale * n_out, device=device) for n_in, n_out in net.shapes]
+            )
+            self.column_sq = torch.empty_like(self.log_alpha)
+        self.one = torch.ones((), device=device)
+
+    @staticmethod
+    def covers(trainer: Trainer) -> bool:
+        """Whether this path computes the trainer's step: a `GatedMLP` of float32 parameters under one fused Adam
+        with PyTorch's defaults but the learning rate (what `train.make_adam` makes where the platform can)."""
+        optimizer = trainer.optimizer
+        if not isinstance(trainer.net, GatedMLP) or not isinstance(optimizer, torch.optim.Adam):
+            return False
+        if len(optimizer.param_groups) != 1:
+            return False
+        group = optimizer.param_groups[0]
+        params = list(trainer.net.parameters())
+        plain_adam = not (group["amsgrad"] or group["maximize"] or group["weight_decay"] or group["capturable"])
+        return (
+            bool(group["fused"])
+            and plain_adam
+            and not torch.is_tensor(group["lr"])
+            and len(group["params"]) == len(params)
+            and all(a is b for a, b in zip(group["params"], params, strict=True))
+            and all(p.dtype == torch.float32 for p in params)
+        )
+
+    @classmethod
+    def bind(cls, trainer: Trainer) -> FastStep | None:
+        """The fast step for the trainer's network as it is now, or None where it does not cover it."""
+        return cls(trainer) if cls.covers(trainer) else None
+
+    def release(self) -> None:
+        """Give every parameter its own Adam step counter back (the views stay; they are ordinary tensors)."""
+        for state in self.optimizer_state:
+            state["step"] = self.step_count.clone()
+
+    def gradients(self, xb: torch.Tensor, yb: torch.Tensor, totals: StepTotals) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the gates, and write the objective's gradient into every parameter's ``.grad`` (views of one
+        buffer); add the draw's open gates, the penalty and the growth ratio to `totals`. Returns the data loss
+        and the growth ratio (NaN without the statistic)."""
+        net = self.net
+        rows = xb.shape[0]
+        gated = net.gated
+        gates = sample = pre_clamp = None
+        if gated:
+            noise = uniform_noise(
+                (rows, self.log_alpha.shape[0]) if self.per_example else (self.log_alpha.shape[0],),
+                self.generator,
+                self.flat.device,
+            )
+            # gates.sample_gates, keeping its sigmoid s and the value before the clamp for the backward.
+            sample = torch.sigmoid((torch.logit(noise) + self.log_alpha) / BETA)
+            pre_clamp = sample * (ZETA - GAMMA_HC) + GAMMA_HC
+            gates = pre_clamp.clamp(0.0, 1.0)
+            totals.counts += (gates > 0).sum(0) if self.per_example else (gates > 0)
+            totals.draws += rows if self.per_example else 1
+
+        # Forward: each layer's ungated input h and what multiplies W (h·g, h, or h with g folded into W).
+        raws: list[torch.Tensor] = []
+        inputs: list[torch.Tensor] = []
+        folded: list[torch.Tensor | None] = []
+        x = xb
+        last = len(self.layers) - 1
+        for layer, spec in enumerate(self.layers):
+            raws.append(x)
+            gate = gates[..., spec.gates] if gates is not None else None
+            weight = spec.weight
+            if gate is not None and gate.dim() == 1 and rows >= spec.fold_min_rows:
+                weight = torch.mul(spec.weight, gate, out=spec.scratch)
+                folded.append(weight)
+            else:
+                if gate is not None:
+                    x = x * gate
+                folded.append(None)
+            inputs.append(x)
+            y = torch.addmm(spec.bias, x, weight.t())
+            x = torch.relu(y) if layer < last else y
+        log_probs = torch.log_softmax(x, 1)
+        data_loss, total_weight = torch.ops.aten.nll_loss_forward(log_probs, yb, None, MEAN_REDUCTION, IGNORE_INDEX)
+        grad_loss = torch.ops.aten.nll_loss_backward(
+            self.one, log_probs, yb, None, MEAN_REDUCTION, IGNORE_INDEX, total_weight
+        )
+        delta = torch.ops.aten._log_softmax_backward_data(grad_loss, log_probs, 1, log_probs.dtype)
+
+        # Backward, last layer first; delta is the gradient of the mean data loss w.r.t. the layer's output.
+        gate_grad = torch.empty_like(gates) if gates is not None else None
+        tap = torch.zeros((), device=xb.device) if self.track_variance else None
+        for layer in range(last, -1, -1):
+            spec, raw, a, weight_eff = self.layers[layer], raws[layer], inputs[layer], folded[layer]
+            gate = gates[..., spec.gates] if gates is not None else None
+            if tap is not None:  # Σ_i ‖δ_i‖²·(‖a_i‖² + 1), a_i the gated input (variance.GradientTap)
+                input_sq = raw.square() @ gate.square() if weight_eff is not None else a.square().sum(1)
+                tap = tap + delta.square().sum(1).dot(input_sq + 1.0)
+            torch.sum(delta, 0, out=spec.bias_grad)
+            grad_raw: torch.Tensor | None = None
+            if weight_eff is not None:  # y = h·(W·diag(g))ᵀ + b
+                assert gate is not None and gate_grad is not None
+                grad_eff = torch.mm(delta.t(), raw, out=spec.scratch_grad)
+                torch.mul(grad_eff, gate, out=spec.weight_grad)
+                torch.sum(grad_eff.mul_(spec.weight), 0, out=gate_grad[spec.gates])
+                if layer > 0:
+                    grad_raw = delta.mm(weight_eff)
+            else:  # y = (h·g)·Wᵀ + b, or h·Wᵀ + b
+                torch.mm(delta.t(), a, out=spec.weight_grad)
+                if gate is not None:
+                    assert gate_grad is not None
+                    grad_a = delta.mm(spec.weight)
+                    if self.per_example:
+                        torch.mul(grad_a, raw, out=gate_grad[:, spec.gates])
+                    else:
+                        torch.sum(grad_a * raw, 0, out=gate_grad[spec.gates])
+                    if layer > 0:
+                        grad_raw = grad_a.mul_(gate)
+                elif layer > 0:
+                    grad_raw = delta.mm(spec.weight)
+            if grad_raw is not None:  # through the ReLU below: its output is this layer's h
+                delta = torch.ops.aten.threshold_backward(grad_raw, raw, 0.0)
+        ratio = torch.full((), math.nan)
+        if tap is not None:
+            s_l1 = variance_l1(tap, self.data_grad.dot(self.data_grad), rows)
+        penalty = torch.zeros((), device=xb.device)
+        if gated:
+            assert sample is not None and pre_clamp is not None and gates is not None and gate_grad is not None
+            # Through the draw: clamp (passes where 0 ≤ value ≤ 1, as autograd's clamp), sigmoid, ÷ β.
+            slope = torch.ops.aten.sigmoid_backward((pre_clamp == gates) * GATE_SLOPE, sample)
+            if self.per_example:
+                torch.sum(gate_grad.mul_(slope), 0, out=self.log_alpha_grad)
+            else:
+                torch.mul(gate_grad, slope, out=self.log_alpha_grad)
+            penalty = self._add_penalty_gradients()
+            totals.penalty_sum += penalty
+        if tap is not None:
+            ratio = growth_ratio(
+                s_l1,
+                data_loss,
+                penalty,
+                rows,
+                variance=self.config.growth_variance or "examples",
+                loss=self.config.growth_loss or "data",
+                correction=self.config.growth_correction or "none",
+            )
+            totals.ratio_sum += ratio
+        return data_loss, ratio
+
+    def _add_penalty_gradients(self) -> torch.Tensor:
+        """`GatedMLP.add_penalty_gradients` on the flat views; returns the penalty's value."""
+        wd = self.weight_decay
+        prob = prob_nonzero(self.log_alpha)
+        torch.mul(self.weights_flat, self.weights_flat, out=self.scratch_grad)
+        for spec in self.layers:
+            torch.sum(spec.scratch_grad, 0, out=self.column_sq[spec.gates])
+        charge = self.column_sq.mul_(0.5 * wd).add_(self.charge_constant)
+        value = torch.add(prob.dot(charge), self.biases_flat.dot(self.biases_flat), alpha=0.5 * wd)
+        for spec in self.layers:
+            spec.weight_grad.addcmul_(spec.weight, prob[spec.gates], value=wd)
+        self.biases_grad.add_(self.biases_flat, alpha=wd)
+        self.log_alpha_grad.add_(torch.ops.aten.sigmoid_backward(charge, prob))
+        return value
+
+    def update(self) -> None:
+        """Adam over the one flat tensor, then pruned weights back to zero and log α clamped."""
+        self.step_count.add_(1)
+        torch._fused_adam_(
+            [self.flat],
+            [self.grad],
+            [self.exp_avg],
+            [self.exp_avg_sq],
+            [],
+            [self.step_count],
+            amsgrad=False,
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            weight_decay=0.0,
+            eps=self.eps,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )
+        if self.pruned is not None:
+            self.weights_flat.masked_fill_(self.pruned, 0.0)
+        if self.net.gated:
+            self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
