@@ -156,6 +156,10 @@ class FastStep:
             )
             self.column_sq = torch.empty_like(self.log_alpha)
         self.one = torch.ones((), device=device)
+        self.no_ratio = torch.full((), math.nan, device=device)
+        # (2, layers, rows): per layer, each example's ‖δ_i‖² and ‖a_i‖² (DynHP), summed once after the backward.
+        self.delta_sq = torch.empty(0, device=device)
+        self.square = torch.empty(0, device=device)  # work space for the (rows, in) squares of a folded layer
 
     @staticmethod
     def covers(trainer: Trainer) -> bool:
@@ -238,13 +242,18 @@ class FastStep:
 
         # Backward, last layer first; delta is the gradient of the mean data loss w.r.t. the layer's output.
         gate_grad = torch.empty_like(gates) if gates is not None else None
-        tap = torch.zeros((), device=xb.device) if self.track_variance else None
+        tap = self._tap_buffers(rows) if self.track_variance else None
         for layer in range(last, -1, -1):
             spec, raw, a, weight_eff = self.layers[layer], raws[layer], inputs[layer], folded[layer]
             gate = gates[..., spec.gates] if gates is not None else None
-            if tap is not None:  # Σ_i ‖δ_i‖²·(‖a_i‖² + 1), a_i the gated input (variance.GradientTap)
-                input_sq = raw.square() @ gate.square() if weight_eff is not None else a.square().sum(1)
-                tap = tap + delta.square().sum(1).dot(input_sq + 1.0)
+            if tap is not None:  # ‖δ_i‖² and ‖a_i‖², a_i the gated input (variance.GradientTap)
+                if weight_eff is not None:
+                    assert gate is not None
+                    squares = torch.mul(raw, raw, out=self.square[: raw.numel()].view_as(raw))
+                    torch.mv(squares, gate.square(), out=tap[1, layer])
+                else:
+                    torch.linalg.vecdot(a, a, dim=1, out=tap[1, layer])
+                torch.linalg.vecdot(delta, delta, dim=1, out=tap[0, layer])
             torch.sum(delta, 0, out=spec.bias_grad)
             grad_raw: torch.Tensor | None = None
             if weight_eff is not None:  # y = h·(W·diag(g))ᵀ + b
@@ -269,9 +278,10 @@ class FastStep:
                     grad_raw = delta.mm(spec.weight)
             if grad_raw is not None:  # through the ReLU below: its output is this layer's h
                 delta = torch.ops.aten.threshold_backward(grad_raw, raw, 0.0)
-        ratio = torch.full((), math.nan)
-        if tap is not None:
-            s_l1 = variance_l1(tap, self.data_grad.dot(self.data_grad), rows)
+        ratio = self.no_ratio
+        if tap is not None:  # Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1)
+            tap_total = tap[0].flatten().dot(tap[1].flatten().add_(1.0))
+            s_l1 = variance_l1(tap_total, self.data_grad.dot(self.data_grad), rows)
         penalty = torch.zeros((), device=xb.device)
         if gated:
             assert sample is not None and pre_clamp is not None and gates is not None and gate_grad is not None
@@ -295,6 +305,15 @@ class FastStep:
             )
             totals.ratio_sum += ratio
         return data_loss, ratio
+
+    def _tap_buffers(self, rows: int) -> torch.Tensor:
+        """(2, layers, rows): each example's ‖δ_i‖² and ‖a_i‖² per layer; and the squares' work space."""
+        if self.delta_sq.shape[-1:] != (rows,):
+            self.delta_sq = torch.empty(2, len(self.layers), rows, device=self.flat.device)
+        widest = rows * max(spec.weight.shape[1] for spec in self.layers)
+        if self.square.numel() < widest:
+            self.square = torch.empty(widest, device=self.flat.device)
+        return self.delta_sq
 
     def _add_penalty_gradients(self) -> torch.Tensor:
         """`GatedMLP.add_penalty_gradients` on the flat views; returns the penalty's value."""
