@@ -18,8 +18,8 @@ module computes the same step in about a third as many:
 Weights, biases and log α are views of one flat buffer (in `GatedMLP.parameters()` order), and so are their
 gradients and Adam's moments: `FastStep.bind` packs them at the start of an epoch's steps (shapes change only
 between epochs), so checkpoints, pruning, EMA and evaluation see ordinary parameters and optimiser state.
-`FastStep.covers` says when it applies (the gated or plain MLP, fused Adam); the trainer uses the reference path
-otherwise. Tests hold it to the reference path's gradients (tests/test_fastpath.py).
+`FastStep.covers` says when it applies (the gated or plain MLP on the CPU, fused Adam); the trainer uses the
+reference path otherwise. Tests hold it to the reference path's gradients (tests/test_fastpath.py).
 """
 
 from __future__ import annotations
@@ -118,7 +118,6 @@ class FastStep:
         self.biases_flat = self.flat[weights_end:biases_end]
         self.log_alpha = self.flat[biases_end:]
         self.data_grad = self.grad[:biases_end]  # weights and biases: what ‖ḡ‖² sums over
-        self.weights_grad = self.grad[:weights_end]
         self.biases_grad = self.grad[weights_end:biases_end]
         self.log_alpha_grad = self.grad[biases_end:]
         self.pruned = None if net.pruned is None else torch.cat([m.reshape(-1) for m in net.pruned])
@@ -144,11 +143,10 @@ class FastStep:
                 )
             )
         if net.gated:
-            penalty = self.config
-            self.lam = penalty.lam or 0.0
-            self.weight_decay = penalty.weight_decay
+            config = self.config
+            self.weight_decay = config.weight_decay
             scale = l0_charge_per_output(
-                self.lam, n_train=self.n_train, divide_by_n=penalty.lambda_scaling == "divide_by_n"
+                config.lam or 0.0, n_train=self.n_train, divide_by_n=config.lambda_scaling == "divide_by_n"
             )
             # λ·out/N for every gate (out of the gate's layer): the constant part of its charge c_j.
             self.charge_constant = torch.cat(
@@ -163,8 +161,9 @@ class FastStep:
 
     @staticmethod
     def covers(trainer: Trainer) -> bool:
-        """Whether this path computes the trainer's step: a `GatedMLP` of float32 parameters under one fused Adam
-        with PyTorch's defaults but the learning rate (what `train.make_adam` makes where the platform can)."""
+        """Whether this path computes the trainer's step: a `GatedMLP` of float32 CPU parameters under one fused
+        Adam with PyTorch's defaults but the learning rate (what `train.make_adam` makes where the platform can).
+        CUDA is left to the autograd path: the fast path was neither tested nor timed on a GPU."""
         optimizer = trainer.optimizer
         if not isinstance(trainer.net, GatedMLP) or not isinstance(optimizer, torch.optim.Adam):
             return False
@@ -179,7 +178,7 @@ class FastStep:
             and not torch.is_tensor(group["lr"])
             and len(group["params"]) == len(params)
             and all(a is b for a, b in zip(group["params"], params, strict=True))
-            and all(p.dtype == torch.float32 for p in params)
+            and all(p.dtype == torch.float32 and p.device.type == "cpu" for p in params)
         )
 
     @classmethod
@@ -322,7 +321,7 @@ class FastStep:
         torch.mul(self.weights_flat, self.weights_flat, out=self.scratch_grad)
         for spec in self.layers:
             torch.sum(spec.scratch_grad, 0, out=self.column_sq[spec.gates])
-        charge = self.column_sq.mul_(0.5 * wd).add_(self.charge_constant)
+        charge = torch.add(self.charge_constant, self.column_sq, alpha=0.5 * wd, out=self.column_sq)
         value = torch.add(prob.dot(charge), self.biases_flat.dot(self.biases_flat), alpha=0.5 * wd)
         for spec in self.layers:
             spec.weight_grad.addcmul_(spec.weight, prob[spec.gates], value=wd)
