@@ -155,9 +155,9 @@ class FastStep:
             self.column_sq = torch.empty_like(self.log_alpha)
         self.one = torch.ones((), device=device)
         self.no_ratio = torch.full((), math.nan, device=device)
-        # (2, layers, rows): per layer, each example's ‖δ_i‖² and ‖a_i‖² (DynHP), summed once after the backward.
+        # (2, layers, rows): per layer, each example's ‖δ_i‖ and ‖a_i‖ (DynHP), combined once after the backward.
         self.delta_sq = torch.empty(0, device=device)
-        self.square = torch.empty(0, device=device)  # work space for the (rows, in) squares of a folded layer
+        self.square = torch.empty(0, device=device)  # work space for a folded layer's (rows, in) gated input
 
     @staticmethod
     def covers(trainer: Trainer) -> bool:
@@ -245,14 +245,13 @@ class FastStep:
         for layer in range(last, -1, -1):
             spec, raw, a, weight_eff = self.layers[layer], raws[layer], inputs[layer], folded[layer]
             gate = gates[..., spec.gates] if gates is not None else None
-            if tap is not None:  # ‖δ_i‖² and ‖a_i‖², a_i the gated input (variance.GradientTap)
+            if tap is not None:  # ‖δ_i‖ and ‖a_i‖, a_i the gated input (variance.GradientTap); squared below
+                gated_input = a
                 if weight_eff is not None:
-                    assert gate is not None
-                    squares = torch.mul(raw, raw, out=self.square[: raw.numel()].view_as(raw))
-                    torch.mv(squares, gate.square(), out=tap[1, layer])
-                else:
-                    torch.linalg.vecdot(a, a, dim=1, out=tap[1, layer])
-                torch.linalg.vecdot(delta, delta, dim=1, out=tap[0, layer])
+                    gated_input = torch.mul(raw, gate, out=self.square[: raw.numel()].view_as(raw))
+                # vector_norm reduces in one pass; vecdot and square().sum() each write a temporary first.
+                torch.linalg.vector_norm(gated_input, dim=1, out=tap[1, layer])
+                torch.linalg.vector_norm(delta, dim=1, out=tap[0, layer])
             torch.sum(delta, 0, out=spec.bias_grad)
             grad_raw: torch.Tensor | None = None
             if weight_eff is not None:  # y = h·(W·diag(g))ᵀ + b
@@ -279,6 +278,7 @@ class FastStep:
                 delta = torch.ops.aten.threshold_backward(grad_raw, raw, 0.0)
         ratio = self.no_ratio
         if tap is not None:  # Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1)
+            tap.square_()
             tap_total = tap[0].flatten().dot(tap[1].flatten().add_(1.0))
             s_l1 = variance_l1(tap_total, self.data_grad.dot(self.data_grad), rows)
         penalty = torch.zeros((), device=xb.device)
@@ -306,7 +306,7 @@ class FastStep:
         return data_loss, ratio
 
     def _tap_buffers(self, rows: int) -> torch.Tensor:
-        """(2, layers, rows): each example's ‖δ_i‖² and ‖a_i‖² per layer; and the squares' work space."""
+        """(2, layers, rows) for each example's ‖δ_i‖ and ‖a_i‖ per layer; and the gated inputs' work space."""
         if self.delta_sq.shape[-1:] != (rows,):
             self.delta_sq = torch.empty(2, len(self.layers), rows, device=self.flat.device)
         widest = rows * max(spec.weight.shape[1] for spec in self.layers)
