@@ -20,11 +20,13 @@ import pandas as pd
 import pytest
 import torch
 
+from dynhp_bench.cli import main
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import Dataset, load_dataset
 from dynhp_bench.fastpath import FastStep
 from dynhp_bench.gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from dynhp_bench.strategies import dead_neurons, magnitude_masks
+from dynhp_bench.sweep import WorkerPlan, command_line_spec, expand, parse_storage
 from dynhp_bench.train import AutogradStep, Runtime, StepTotals, Trainer, train
 
 GRAD_TOLERANCE = 1e-6
@@ -275,3 +277,22 @@ def test_a_three_epoch_mnist_run_equals_the_reference_paths(
 ) -> None:
     config = TrainConfig(strategy=strategy, epochs=3, batch_size=16, subset=2_000, **extra)
     _assert_same_epochs(_epochs(real_root, tmp_path, config, "autograd"), _epochs(real_root, tmp_path, config, "fast"))
+
+
+@pytest.mark.parametrize("command", ["train", "bench"])
+def test_an_unknown_step_is_one_line(command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--step", "jit", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err == "error: --step='jit' is not known; expected one of fast, autograd\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("step", ["fast", "autograd"])
+def test_a_sweep_worker_gets_the_step(tmp_path: Path, step: str) -> None:
+    settings = {"strategy": "hp", "profile": "smoke", "epochs": 1}
+    sweep = expand(command_line_spec("gamma", range_text=None, values="0.3,0.5", settings=settings), overrides=settings)
+    runtime = Runtime(results_root=tmp_path, threads=1, device="cpu", step=step)
+    plan = WorkerPlan.from_json(WorkerPlan(sweep, parse_storage(None, tmp_path), runtime).to_json())
+    assert plan.runtime.step == step
