@@ -80,6 +80,7 @@ class FastStep:
         self.generator = trainer.device_generator
         self.n_train = trainer.n_train
         self.track_variance = trainer.strategy.needs_gradient_variance
+        self.growth_averages = trainer.growth_averages
         self.per_example = trainer.config.gate_draws == "example"
         params = list(net.parameters())
         device = params[0].device
@@ -301,6 +302,7 @@ class FastStep:
                 variance=self.config.growth_variance or "examples",
                 loss=self.config.growth_loss or "data",
                 correction=self.config.growth_correction or "none",
+                averages=self.growth_averages,
             )
             totals.ratio_sum += ratio
         return data_loss, ratio

@@ -49,6 +49,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("hp", {}),
     *[("dynhp", reading) for reading in READINGS],
     ("dynhp", {"gate_draws": "example"}),
+    ("dynhp", {"growth_smoothing": "running"}),
     ("dyprune", {"validation_split": 64}),
 ]
 SHAPES = ("full", "pruned", "masked")
@@ -70,12 +71,12 @@ def _prepare(trainer: Trainer, shapes: str) -> None:
         trainer.remove_units(dead_neurons(trainer.net.pruned or []))
 
 
-def _one_step(trainer: Trainer, fast: bool, rows: int) -> dict[str, Any]:
-    """One step's gradients on the first `rows` images from the trainer's current generator state."""
+def _one_step(trainer: Trainer, fast: bool, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, Any]:
+    """One step's gradients on the batch (xb, yb) from the trainer's current generator state."""
     path = FastStep.bind(trainer) if fast else AutogradStep(trainer)
     assert path is not None
     totals = _totals(trainer)
-    loss, ratio = path.gradients(trainer.train_x[:rows], trainer.train_y[:rows], totals)
+    loss, ratio = path.gradients(xb, yb, totals)
     grads = [p.grad.detach().clone() for p in trainer.net.parameters()]  # type: ignore[union-attr]
     path.release()
     return {"loss": loss, "ratio": float(ratio), "penalty": float(totals.penalty_sum), "counts": totals.counts,
@@ -83,12 +84,18 @@ def _one_step(trainer: Trainer, fast: bool, rows: int) -> dict[str, Any]:
 
 
 def _both_paths(data: Dataset, strategy: str, extra: dict[str, Any], shapes: str, rows: int) -> list[dict[str, Any]]:
-    trainer = Trainer(TrainConfig(strategy=strategy, batch_size=rows, seed=3, **extra), data, torch.device("cpu"))
+    config = TrainConfig(dataset=data.name, strategy=strategy, batch_size=rows, seed=3, **extra)
+    trainer = Trainer(config, data, torch.device("cpu"))
     _prepare(trainer, shapes)
+    index = torch.arange(rows)
+    xb, yb = trainer.training_batch(index), trainer.train_y[index]  # normalised and augmented as configured
     state = trainer.device_generator.get_state()
-    reference = _one_step(trainer, False, rows)
+    averages = None if trainer.growth_averages is None else trainer.growth_averages.state_dict()
+    reference = _one_step(trainer, False, xb, yb)
     trainer.device_generator.set_state(state)
-    return [reference, _one_step(trainer, True, rows)]
+    if trainer.growth_averages is not None and averages is not None:  # the reference step moved them
+        trainer.growth_averages.load_state_dict(averages)
+    return [reference, _one_step(trainer, True, xb, yb)]
 
 
 def _assert_same_step(reference: dict[str, Any], fast: dict[str, Any]) -> None:
@@ -118,13 +125,23 @@ def test_gradients_equal_autograd_on_a_tiny_network(
     assert any(float(g.abs().max()) > 0 for g in reference["grads"])  # the test compares something
 
 
+@pytest.mark.parametrize(("strategy", "extra"), [("sp", {}), ("dynhp", {"gate_draws": "example"})])
+def test_gradients_equal_autograd_on_normalised_augmented_cifar10(
+    cifar_root: Path, strategy: str, extra: dict[str, Any]
+) -> None:
+    data = load_dataset("cifar10", cifar_root, download=False)
+    for shapes in ("full", "pruned"):
+        reference, fast = _both_paths(data, strategy, {"hidden": (12, 8), **extra}, shapes, 40)
+        _assert_same_step(reference, fast)
+
+
 def test_the_gradients_are_those_of_the_objective(synthetic_root: Path) -> None:
     """Not only equal to the reference path: the fast gradient is the derivative of data loss + penalty, checked
     by a central finite difference along a random direction (float64 network)."""
     data = load_dataset("mnist", synthetic_root, download=False)
     trainer = Trainer(TrainConfig(strategy="sp", batch_size=8, hidden=(6, 5)), data, torch.device("cpu"))
     state = trainer.device_generator.get_state()
-    fast = _one_step(trainer, True, 8)
+    fast = _one_step(trainer, True, trainer.train_x[:8], trainer.train_y[:8])
     params = list(trainer.net.parameters())
     direction = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(params)]
     slope = sum(float((g.double() * d.double()).sum()) for g, d in zip(fast["grads"], direction, strict=True))
@@ -240,6 +257,7 @@ def _assert_same_epochs(reference: pd.DataFrame, fast: pd.DataFrame) -> None:
 
 EPOCH_CASES: list[tuple[str, dict[str, Any]]] = [
     ("dense", {}),
+    ("dynhp", {"growth_smoothing": "running", "growth_cadence": "step"}),
     ("sp", {"gate_draws": "example", "ema_decay": 0.99}),
     ("hp", {"gamma": 0.9}),
     ("dynhp", {"growth_loss": "objective", "gamma": 0.9}),
@@ -260,6 +278,14 @@ def test_a_three_epoch_run_equals_the_reference_paths(
             reference["active_1"].iloc[-1] < reference["active_1"].iloc[0]
             or reference["nonzero_params"].iloc[-1] < reference["nonzero_params"].iloc[0]
         )
+
+
+def test_a_three_epoch_cifar10_run_equals_the_reference_paths(cifar_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(dataset="cifar10", strategy="hp", epochs=3, batch_size=32, gamma=0.9, hidden=(24, 12))
+    assert config.normalize and config.augment  # CIFAR-10's defaults: both paths see the same batches
+    _assert_same_epochs(
+        _epochs(cifar_root, tmp_path, config, "autograd"), _epochs(cifar_root, tmp_path, config, "fast")
+    )
 
 
 @pytest.mark.parametrize(("strategy", "extra"), CASES)
