@@ -155,9 +155,10 @@ class FastStep:
             )
             self.column_sq = torch.empty_like(self.log_alpha)
         self.one = torch.ones((), device=device)
+        self.zero = torch.zeros((), device=device)  # the penalty of an ungated network (never written to)
         self.no_ratio = torch.full((), math.nan, device=device)
         # (2, layers, rows): per layer, each example's ‖δ_i‖ and ‖a_i‖ (DynHP), combined once after the backward.
-        self.delta_sq = torch.empty(0, device=device)
+        self.norms = torch.empty(0, device=device)
         self.square = torch.empty(0, device=device)  # work space for a folded layer's (rows, in) gated input
 
     @staticmethod
@@ -282,7 +283,7 @@ class FastStep:
             tap.square_()
             tap_total = tap[0].flatten().dot(tap[1].flatten().add_(1.0))
             s_l1 = variance_l1(tap_total, self.data_grad.dot(self.data_grad), rows)
-        penalty = torch.zeros((), device=xb.device)
+        penalty = self.zero
         if gated:
             assert sample is not None and pre_clamp is not None and gates is not None and gate_grad is not None
             # Through the draw: clamp (passes where 0 ≤ value ≤ 1, as autograd's clamp), sigmoid, ÷ β.
@@ -309,12 +310,12 @@ class FastStep:
 
     def _tap_buffers(self, rows: int) -> torch.Tensor:
         """(2, layers, rows) for each example's ‖δ_i‖ and ‖a_i‖ per layer; and the gated inputs' work space."""
-        if self.delta_sq.shape[-1:] != (rows,):
-            self.delta_sq = torch.empty(2, len(self.layers), rows, device=self.flat.device)
+        if self.norms.shape[-1:] != (rows,):
+            self.norms = torch.empty(2, len(self.layers), rows, device=self.flat.device)
         widest = rows * max(spec.weight.shape[1] for spec in self.layers)
         if self.square.numel() < widest:
             self.square = torch.empty(widest, device=self.flat.device)
-        return self.delta_sq
+        return self.norms
 
     def _add_penalty_gradients(self) -> torch.Tensor:
         """`GatedMLP.add_penalty_gradients` on the flat views; returns the penalty's value."""
