@@ -855,9 +855,10 @@ def bench_command(
 ) -> None:
     """Time the trainer: seconds per epoch of each strategy beside a plain PyTorch loop.
 
-    The plain loop, sp, hp, hp at 20% of the weights and dynhp, side by side, with the machine's matmul peak and
-    each case's FLOP limit; saved as CSV. With --inference RUN_DIR…: the exported networks' file bytes, batch-1
-    latency and batch-256 throughput under ONNX Runtime and PyTorch.
+    The plain loop (flushing subnormal floats as the trainer does, and without: plain_ieee), sp, hp, hp at 20% of
+    the weights and dynhp, side by side, with the machine's matmul peak and each case's FLOP limit; saved as CSV.
+    With --inference RUN_DIR…: the exported networks' file bytes, batch-1 latency and batch-256 throughput under
+    ONNX Runtime and PyTorch.
     """
     sizes = _positive_ints("--batch-sizes", batch_sizes)
     check_count("--repeats", repeats, low=1, high=MAX_REPEATS)
