@@ -436,6 +436,13 @@ HeartbeatOption = Annotated[
     int, typer.Option(help=f"PostgreSQL: seconds between heartbeats; {GRACE_HEARTBEATS} missed fail the trial")
 ]
 QuietOption = Annotated[bool, typer.Option(help="No progress display")]
+PlanOnlyOption = Annotated[
+    bool,
+    typer.Option(
+        "--plan-only",
+        help="Print the runs left and their expected wall time, then stop: nothing is trained or written",
+    ),
+]
 EstimateOption = Annotated[
     bool,
     typer.Option(
@@ -472,6 +479,7 @@ def sweep_command(
     heartbeat_s: HeartbeatOption = DEFAULT_HEARTBEAT_S,
     quiet: QuietOption = False,
     estimate: EstimateOption = True,
+    plan_only: PlanOnlyOption = False,
     train_options: dict[str, Any],
 ) -> None:
     """Run every point × seed of a grid once (or a sampler's search), resumable, with any number of workers."""
@@ -506,7 +514,8 @@ def sweep_command(
             raise
         raise SettingsError(f"sweep file {str(file)!r}: {exc}") from None
     status = _run_sweep(sweep, runtime_options, storage=storage, workers=workers, threads=threads,
-                        heartbeat_s=heartbeat_s, quiet=quiet, estimate=estimate)  # fmt: skip
+                        heartbeat_s=heartbeat_s, quiet=quiet, estimate=estimate,
+                        plan_only=plan_only)  # fmt: skip
     if status:
         raise typer.Exit(status)
 
@@ -533,6 +542,7 @@ def reproduce_command(
     ] = False,
     quiet: QuietOption = False,
     estimate: EstimateOption = True,
+    plan_only: PlanOnlyOption = False,
     train_options: dict[str, Any],
 ) -> None:
     """Run every sweep file the paper's tables and figures need (with --competitors, the competitors' too),
@@ -542,7 +552,10 @@ def reproduce_command(
     what = "the paper's tables and figures" + (" and the competitors" if competitors else "")
     sweep = combine(sweeps, name="reproduce", description=f"{what}, {profile} profile")
     status = _run_sweep(sweep, train_options, storage=storage, workers=workers, threads=threads,
-                        heartbeat_s=heartbeat_s, quiet=quiet, estimate=estimate)  # fmt: skip
+                        heartbeat_s=heartbeat_s, quiet=quiet, estimate=estimate,
+                        plan_only=plan_only)  # fmt: skip
+    if plan_only:
+        return
     results_root = Path(train_options["out"]).resolve()
     complete = len({p.run_id for p in sweep.points if RunFolder(run_path(results_root, p.run_id)).is_complete})
     out_console.print(
@@ -573,8 +586,12 @@ def _run_sweep(
     heartbeat_s: int,
     quiet: bool,
     estimate: bool = True,
+    plan_only: bool = False,
 ) -> int:
-    """Check everything, then run the pool with a progress display; return the exit status (0 when finished)."""
+    """Check everything, then run the pool with a progress display; return the exit status (0 when finished).
+
+    With `plan_only`, print the runs left and their expected wall time and return 0 before the storage is
+    opened: nothing is trained or written."""
     bound, why = max_workers()
     check_count("--workers", workers, low=1, high=bound, why=f" on this machine ({why})")
     check_threads(threads)
@@ -590,6 +607,12 @@ def _run_sweep(
     )
     runtime.torch_device()
     check_data(sweep, runtime.data_dir)
+    if plan_only:
+        left = runs_left(sweep, out)
+        wall = estimate_wall(left, runtime) if left else None
+        epochs_left = sum(run.epochs_left for run in left)
+        err_console.print(plan_line(len(left), epochs_left, wall), highlight=False, soft_wrap=True)
+        return 0
     target = parse_storage(storage, out)
     if target.journal is not None:
         note = repair_journal(target.journal)

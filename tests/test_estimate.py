@@ -89,6 +89,20 @@ def test_sweep_prints_the_plan_before_training(
     assert "\nplan: nothing left to train\n" in sweep("0.01,0.02")
 
 
+def test_plan_only_prints_the_plan_and_writes_nothing(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "results"
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "lambda", "--values", "0.01,0.02", "--strategy", "sp", "--batch-size", "64", "--profile",
+              "smoke", "--subset", "256", "--epochs", "3", "--data-dir", str(synthetic_root), "--out", str(out),
+              "--threads", "1", "--quiet", "--plan-only"])  # fmt: skip
+    assert info.value.code == 0
+    err = capsys.readouterr().err
+    assert "plan: 2 runs (6 epochs) left: about " in err, err
+    assert not out.exists(), "no storage, no run folder: nothing written"
+
+
 def test_the_trainer_flushes_subnormal_floats_while_it_trains_only(
     synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
