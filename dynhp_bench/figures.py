@@ -545,9 +545,9 @@ def write_calibration(results_root: Path, out_dir: Path, name: str = "calibratio
             ax.grid(alpha=0.3)
             if part.empty:
                 ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes, color="grey")
-            ax.legend(fontsize="x-small", loc="lower right")
+            ax.legend(fontsize="x-small", loc="best")
         row[0].set_ylabel("batch size (samples, log)")
-    figure.suptitle("DynHP batch size vs epoch for each reading of Eq. 8 (cadence/rounding/F/S)")
+    figure.suptitle("DynHP batch size vs epoch for each reading of Eq. 8 (cadence/rounding/F/S[/running])")
     figure.tight_layout()
     png = out_dir / f"{name}.png"
     figure.savefig(png, dpi=100)
