@@ -42,7 +42,7 @@ from dynhp_bench.gates import (
     prob_nonzero,
     uniform_noise,
 )
-from dynhp_bench.variance import growth_ratio, variance_l1
+from dynhp_bench.variance import variance_l1
 
 if TYPE_CHECKING:
     from dynhp_bench.train import StepTotals, Trainer
@@ -80,7 +80,7 @@ class FastStep:
         self.generator = trainer.device_generator
         self.n_train = trainer.n_train
         self.track_variance = trainer.strategy.needs_gradient_variance
-        self.growth_averages = trainer.growth_averages
+        self.growth_ratio = trainer.growth_ratio
         self.per_example = trainer.config.gate_draws == "example"
         params = list(net.parameters())
         device = params[0].device
@@ -295,16 +295,7 @@ class FastStep:
             penalty = self._add_penalty_gradients()
             totals.penalty_sum += penalty
         if tap is not None:
-            ratio = growth_ratio(
-                s_l1,
-                data_loss,
-                penalty,
-                rows,
-                variance=self.config.growth_variance or "examples",
-                loss=self.config.growth_loss or "data",
-                correction=self.config.growth_correction or "none",
-                averages=self.growth_averages,
-            )
+            ratio = self.growth_ratio(s_l1, data_loss, penalty, rows)
             totals.ratio_sum += ratio
         return data_loss, ratio
 

@@ -160,16 +160,7 @@ class AutogradStep:
             totals.penalty_sum += penalty
         ratio = torch.full((), math.nan)
         if track_variance:
-            ratio = growth_ratio(
-                s_l1,
-                data_loss.detach(),
-                penalty.detach(),
-                rows,
-                variance=config.growth_variance or "examples",
-                loss=config.growth_loss or "data",
-                correction=config.growth_correction or "none",
-                averages=trainer.growth_averages,
-            )
+            ratio = trainer.growth_ratio(s_l1, data_loss.detach(), penalty.detach(), rows)
             totals.ratio_sum += ratio
         return data_loss.detach(), ratio
 
@@ -442,6 +433,23 @@ class Trainer:
         finally:
             path.release()
         return totals
+
+    def growth_ratio(
+        self, s_l1: torch.Tensor, data_loss: torch.Tensor, penalty: torch.Tensor, rows: int
+    ) -> torch.Tensor:
+        """One step's Eq. 8 ratio ‖S‖₁/F as this run's readings of it say (`variance.growth_ratio`), feeding the
+        running averages with ``growth_smoothing="running"``. Both step paths call it."""
+        config = self.config
+        return growth_ratio(
+            s_l1,
+            data_loss,
+            penalty,
+            rows,
+            variance=config.growth_variance or "examples",
+            loss=config.growth_loss or "data",
+            correction=config.growth_correction or "none",
+            averages=self.growth_averages,
+        )
 
     def step_path(self) -> StepPath:
         """The training step for the network as it is now: the fast path (`fastpath.FastStep`) where it covers
