@@ -608,10 +608,7 @@ def _run_sweep(
     runtime.torch_device()
     check_data(sweep, runtime.data_dir)
     if plan_only:
-        left = runs_left(sweep, out)
-        wall = estimate_wall(left, runtime) if left else None
-        epochs_left = sum(run.epochs_left for run in left)
-        err_console.print(plan_line(len(left), epochs_left, wall), highlight=False, soft_wrap=True)
+        _print_plan(sweep, runtime, estimate=True)
         return 0
     target = parse_storage(storage, out)
     if target.journal is not None:
@@ -630,10 +627,7 @@ def _run_sweep(
         highlight=False,
         soft_wrap=True,
     )
-    left = runs_left(sweep, out)
-    wall = estimate_wall(left, runtime) if estimate and left else None
-    epochs_left = sum(run.epochs_left for run in left)
-    err_console.print(plan_line(len(left), epochs_left, wall), highlight=False, soft_wrap=True)
+    _print_plan(sweep, runtime, estimate=estimate)
     try:
         with SweepProgress(plan, enabled=not quiet) as progress:
             outcome = run_pool(plan, workers=workers, on_update=progress.update)
@@ -642,6 +636,14 @@ def _run_sweep(
         raise
     print_sweep_summary(plan, outcome.final)
     return _sweep_status(outcome)
+
+
+def _print_plan(sweep: Sweep, runtime: Runtime, *, estimate: bool) -> None:
+    """The plan line: the runs and epochs left in the results root, and (with `estimate`) their measured wall time."""
+    left = runs_left(sweep, runtime.results_root)
+    wall = estimate_wall(left, runtime) if estimate and left else None
+    epochs_left = sum(run.epochs_left for run in left)
+    err_console.print(plan_line(len(left), epochs_left, wall), highlight=False, soft_wrap=True)
 
 
 def _sweep_status(outcome: PoolOutcome) -> int:
