@@ -13,7 +13,9 @@ Cases, each at every batch size asked for:
   reference;
 * ``plain_ieee``: the same loop without flushing, as a user writes it (its Adam state reaches subnormals too);
 * ``sp``, ``hp`` (full size), ``hp20`` (HP after removing neurons down to about 20% of the weights),
-  ``dynhp`` (with its gradient-variance statistic, held at the batch size).
+  ``dynhp`` (with its gradient-variance statistic, held at the batch size);
+* with `reference`, the same four on the autograd reference path too (``sp_autograd``, …), in the same rounds:
+  the fast path's gain measured side by side, on one machine at one time.
 
 The FLOP limit of a case is its network's forward + backward FLOPs for one epoch over the machine's
 measured float32 matmul peak: the time no implementation can beat on this machine. Before the timed
@@ -50,6 +52,8 @@ from dynhp_bench.metrics import epoch_flops, layer_shapes, weight_count
 from dynhp_bench.train import Trainer, flushing_subnormals
 
 CASES = ("plain", "plain_ieee", "sp", "hp", "hp20", "dynhp")
+TRAINER_CASES = CASES[2:]
+REFERENCE_SUFFIX = "_autograd"  # the trainer cases timed on the autograd path beside the fast one
 DEFAULT_BATCH_SIZES = (16, 100, 512)
 HP20_WIDTH_SHARE = math.sqrt(0.2)  # every layer's width × √0.2 leaves ≈ 20% of the weights
 DEFAULT_WARM_UP_EPOCHS = 1
@@ -133,21 +137,28 @@ class _Runner:
     batch_size: int
     epoch: Callable[[], None]
     shapes: Callable[[], list[tuple[int, int]]]
+    step: str  # the trainer's step path, or "plain"
 
 
-def _runners(data: Dataset, batch_size: int, device: torch.device, step: str) -> list[_Runner]:
+def _runners(data: Dataset, batch_size: int, device: torch.device, step: str, reference: bool) -> list[_Runner]:
     runners = []
     for case, flush in (("plain", True), ("plain_ieee", False)):
         plain = PlainLoop(data, device, flush=flush)
-        runners.append(_Runner(case, batch_size, functools.partial(plain.run_epoch, batch_size), _shapes_of(plain)))
-    for case in CASES[2:]:
-        if case == "hp20":
-            trainer = hp20_trainer(data, batch_size, device, step=step)
-        else:
-            trainer = Trainer(
-                TrainConfig(dataset=data.name, strategy=case, batch_size=batch_size), data, device, step=step
+        runners.append(
+            _Runner(case, batch_size, functools.partial(plain.run_epoch, batch_size), _shapes_of(plain), "plain")
+        )
+    paths = [(step, "")] + ([("autograd", REFERENCE_SUFFIX)] if reference else [])
+    for path, suffix in paths:
+        for case in TRAINER_CASES:
+            if case == "hp20":
+                trainer = hp20_trainer(data, batch_size, device, step=path)
+            else:
+                trainer = Trainer(
+                    TrainConfig(dataset=data.name, strategy=case, batch_size=batch_size), data, device, step=path
+                )
+            runners.append(
+                _Runner(case + suffix, batch_size, _fixed_epoch(trainer, batch_size), _shapes_of(trainer), path)
             )
-        runners.append(_Runner(case, batch_size, _fixed_epoch(trainer, batch_size), _shapes_of(trainer)))
     return runners
 
 
@@ -175,15 +186,16 @@ def run_bench(
     warm_up_epochs: int = DEFAULT_WARM_UP_EPOCHS,
     device: torch.device | None = None,
     step: str = "fast",
+    reference: bool = False,
     on_epoch: Callable[[str, int, float], None] | None = None,
 ) -> tuple[pd.DataFrame, float]:
-    """Time every case at every batch size (our trainer on the `step` path, as `Runtime.step`); returns (one row
-    per case and batch size, peak GFLOP/s)."""
+    """Time every case at every batch size (our trainer on the `step` path, as `Runtime.step`; with `reference`,
+    its cases on the autograd path too); returns (one row per case and batch size, peak GFLOP/s)."""
     device = device or torch.device("cpu")
     peak = matmul_peak_gflops(device)
     rows = []
     for batch_size in batch_sizes:
-        runners = _runners(data, batch_size, device, step)
+        runners = _runners(data, batch_size, device, step, reference)
         for _ in range(warm_up_epochs):
             for runner in runners:
                 runner.epoch()
@@ -210,6 +222,7 @@ def run_bench(
                     "epoch_s_median": statistics.median(times[runner.case]),
                     "flop_limit_s": flop_limit_s,
                     "repeats": repeats,
+                    "step": runner.step,
                 }
             )
     frame = pd.DataFrame(rows)
@@ -218,7 +231,6 @@ def run_bench(
     frame["vs_flop_limit"] = frame["epoch_s"] / frame["flop_limit_s"]
     frame["threads"] = torch.get_num_threads()
     frame["device"] = str(device)
-    frame["step"] = step
     frame["peak_gflops"] = peak
     return frame, peak
 

@@ -24,6 +24,7 @@ from dynhp_bench.bench import (
     CASES,
     DEFAULT_BATCH_SIZES,
     DEFAULT_WARM_UP_EPOCHS,
+    TRAINER_CASES,
     run_bench,
     targets,
     train_peak_rss_bytes,
@@ -876,6 +877,12 @@ def bench_command(
             help="Training step: fast (the hand-written MLP step where it covers the run) | autograd (the reference)"
         ),
     ] = "fast",
+    reference: Annotated[
+        bool,
+        typer.Option(
+            help="Also time sp, hp, hp20 and dynhp on the autograd reference path (sp_autograd, …) in the same rounds"
+        ),
+    ] = False,
     memory: Annotated[bool, typer.Option(help="Also measure the peak resident memory of `train`")] = True,
 ) -> None:
     """Time the trainer: seconds per epoch of each strategy beside a plain PyTorch loop.
@@ -897,13 +904,17 @@ def bench_command(
     if dataset not in CHOICES["dataset"]:
         raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
     runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device, step=step)
+    if reference and runtime.step == "autograd":
+        raise SettingsError("--reference times the autograd path beside the fast one; with --step autograd there "
+                            "is nothing to compare: leave one of them out")  # fmt: skip
     torch_device = runtime.torch_device()
     _set_threads(threads)
     root = resolve_data_dir(data_dir)
     data = load_dataset(dataset, root, subset=subset)
     csv_path = out / "bench" / "bench.csv"
+    n_cases = len(CASES) + (len(TRAINER_CASES) if reference else 0)
     err_console.print(
-        f"timing {len(sizes) * len(CASES)} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "
+        f"timing {len(sizes) * n_cases} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "
         f"{dataset} images, "
         f"{torch.get_num_threads()} threads, {torch_device}"
     )
@@ -918,6 +929,7 @@ def bench_command(
         warm_up_epochs=warm_up_epochs,
         device=torch_device,
         step=runtime.step,
+        reference=reference,
         on_epoch=show,
     )
     _save_csv(frame, csv_path)

@@ -64,7 +64,15 @@ class _Layer:
     gates: slice  # its columns in the flat gate layout (empty for an ungated network)
     fold_min_rows: int
     scratch: torch.Tensor  # (out, in) work space: W·diag(g) when the gate is folded into the weight
-    scratch_grad: torch.Tensor  # (out, in) work space: the folded weight's gradient, then W² for the penalty
+    scratch_grad: torch.Tensor  # (out, in) work space: W² for the penalty, then the folded weight's gradient
+    grad_sq: torch.Tensor  # 0-dim: ‖∂(data loss)/∂W‖² (DynHP's ‖ḡ‖², weights' share)
+    weight_t: torch.Tensor  # Wᵀ and (W·diag(g))ᵀ, the views the forward multiplies by, made once
+    scratch_t: torch.Tensor
+    # Views of the shared (one draw per batch) gate buffers, made once: slicing them each step costs an operation.
+    gate: torch.Tensor | None = None  # the draw
+    gate_grad: torch.Tensor | None = None  # d(data loss)/d gate
+    prob: torch.Tensor | None = None  # P(gate ≠ 0)
+    column_sq: torch.Tensor | None = None  # Σ_i W_ij², then the gate's charge c_j
 
 
 class FastStep:
@@ -123,6 +131,7 @@ class FastStep:
         self.log_alpha_grad = self.grad[biases_end:]
         self.pruned = None if net.pruned is None else torch.cat([m.reshape(-1) for m in net.pruned])
         self.layers: list[_Layer] = []
+        self.grad_sq = torch.empty(n_layers, device=device)  # per layer, the squared norm of its weights' data gradient
         # Preallocated (out, in) work spaces: a fresh 1 MB tensor a step costs its page faults every step.
         self.scratch = torch.empty_like(self.weights_flat)
         self.scratch_grad = torch.empty_like(self.weights_flat)
@@ -141,6 +150,9 @@ class FastStep:
                     fold_min_rows=min(n_out, FOLD_MIN_ROWS_FIRST_LAYER) if layer == 0 else n_out,
                     scratch=self.scratch[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
                     scratch_grad=self.scratch_grad[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
+                    grad_sq=self.grad_sq[layer],
+                    weight_t=self.flat[offsets[layer] : offsets[layer + 1]].view(n_out, n_in).t(),
+                    scratch_t=self.scratch[offsets[layer] : offsets[layer + 1]].view(n_out, n_in).t(),
                 )
             )
         if net.gated:
@@ -154,11 +166,18 @@ class FastStep:
                 [torch.full((n_in,), scale * n_out, device=device) for n_in, n_out in net.shapes]
             )
             self.column_sq = torch.empty_like(self.log_alpha)
+            self.prob = torch.empty_like(self.log_alpha)
+            self.gate_values = torch.empty_like(self.log_alpha)
+            self.gate_grad = torch.empty_like(self.log_alpha)
+            for spec in self.layers:
+                spec.column_sq, spec.prob = self.column_sq[spec.gates], self.prob[spec.gates]
+                spec.gate, spec.gate_grad = self.gate_values[spec.gates], self.gate_grad[spec.gates]
         self.one = torch.ones((), device=device)
         self.zero = torch.zeros((), device=device)  # the penalty of an ungated network (never written to)
         self.no_ratio = torch.full((), math.nan, device=device)
         # (2, layers, rows): per layer, each example's ‖δ_i‖ and ‖a_i‖ (DynHP), combined once after the backward.
         self.norms = torch.empty(0, device=device)
+        self.norm_views: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: its rows of `norms`
         self.square = torch.empty(0, device=device)  # work space for a folded layer's (rows, in) gated input
 
     @staticmethod
@@ -210,7 +229,7 @@ class FastStep:
             # gates.sample_gates, keeping its sigmoid s and the value before the clamp for the backward.
             sample = torch.sigmoid((torch.logit(noise) + self.log_alpha) / BETA)
             pre_clamp = sample * (ZETA - GAMMA_HC) + GAMMA_HC
-            gates = pre_clamp.clamp(0.0, 1.0)
+            gates = torch.clamp(pre_clamp, 0.0, 1.0, out=None if self.per_example else self.gate_values)
             totals.counts += (gates > 0).sum(0) if self.per_example else (gates > 0)
             totals.draws += rows if self.per_example else 1
 
@@ -222,17 +241,19 @@ class FastStep:
         last = len(self.layers) - 1
         for layer, spec in enumerate(self.layers):
             raws.append(x)
-            gate = gates[..., spec.gates] if gates is not None else None
-            weight = spec.weight
+            gate = self._gate(spec, gates)
+            weight_t = spec.weight_t
             if gate is not None and gate.dim() == 1 and rows >= spec.fold_min_rows:
-                weight = torch.mul(spec.weight, gate, out=spec.scratch)
-                folded.append(weight)
+                folded.append(torch.mul(spec.weight, gate, out=spec.scratch))
+                weight_t = spec.scratch_t
             else:
                 if gate is not None:
                     x = x * gate
                 folded.append(None)
             inputs.append(x)
-            y = torch.addmm(spec.bias, x, weight.t())
+            y = torch.addmm(spec.bias, x, weight_t)
+            if gated:  # Σ_i W_ij² for the gates' charges, while W is still in cache from the product above
+                torch.sum(torch.mul(spec.weight, spec.weight, out=spec.scratch_grad), 0, out=spec.column_sq)
             x = torch.relu(y) if layer < last else y
         log_probs = torch.log_softmax(x, 1)
         data_loss, total_weight = torch.ops.aten.nll_loss_forward(log_probs, yb, None, MEAN_REDUCTION, IGNORE_INDEX)
@@ -242,25 +263,29 @@ class FastStep:
         delta = torch.ops.aten._log_softmax_backward_data(grad_loss, log_probs, 1, log_probs.dtype)
 
         # Backward, last layer first; delta is the gradient of the mean data loss w.r.t. the layer's output.
-        gate_grad = torch.empty_like(gates) if gates is not None else None
+        gate_grad = None
+        if gates is not None:
+            gate_grad = torch.empty_like(gates) if self.per_example else self.gate_grad
+            prob_nonzero(self.log_alpha, out=self.prob)
         tap = self._tap_buffers(rows) if self.track_variance else None
         for layer in range(last, -1, -1):
             spec, raw, a, weight_eff = self.layers[layer], raws[layer], inputs[layer], folded[layer]
-            gate = gates[..., spec.gates] if gates is not None else None
+            gate = self._gate(spec, gates)
             if tap is not None:  # ‖δ_i‖ and ‖a_i‖, a_i the gated input (variance.GradientTap); squared below
                 gated_input = a
                 if weight_eff is not None:
                     gated_input = torch.mul(raw, gate, out=self.square[: raw.numel()].view_as(raw))
+                delta_norms, input_norms = self.norm_views[layer]
                 # vector_norm reduces in one pass; vecdot and square().sum() each write a temporary first.
-                torch.linalg.vector_norm(gated_input, dim=1, out=tap[1, layer])
-                torch.linalg.vector_norm(delta, dim=1, out=tap[0, layer])
+                torch.linalg.vector_norm(gated_input, dim=1, out=input_norms)
+                torch.linalg.vector_norm(delta, dim=1, out=delta_norms)
             torch.sum(delta, 0, out=spec.bias_grad)
             grad_raw: torch.Tensor | None = None
             if weight_eff is not None:  # y = h·(W·diag(g))ᵀ + b
-                assert gate is not None and gate_grad is not None
+                assert gate is not None and spec.gate_grad is not None
                 grad_eff = torch.mm(delta.t(), raw, out=spec.scratch_grad)
                 torch.mul(grad_eff, gate, out=spec.weight_grad)
-                torch.sum(grad_eff.mul_(spec.weight), 0, out=gate_grad[spec.gates])
+                torch.sum(grad_eff.mul_(spec.weight), 0, out=spec.gate_grad)
                 if layer > 0:
                     grad_raw = delta.mm(weight_eff)
             else:  # y = (h·g)·Wᵀ + b, or h·Wᵀ + b
@@ -271,18 +296,24 @@ class FastStep:
                     if self.per_example:
                         torch.mul(grad_a, raw, out=gate_grad[:, spec.gates])
                     else:
-                        torch.sum(grad_a * raw, 0, out=gate_grad[spec.gates])
+                        torch.sum(grad_a * raw, 0, out=spec.gate_grad)
                     if layer > 0:
                         grad_raw = grad_a.mul_(gate)
                 elif layer > 0:
                     grad_raw = delta.mm(spec.weight)
+            if tap is not None:  # ‖ḡ‖²'s share of this weight, before the penalty's gradient joins it
+                flat_grad = spec.weight_grad.view(-1)
+                torch.dot(flat_grad, flat_grad, out=spec.grad_sq)
+            if gated:  # the penalty's weight decay, wd·W·diag(P), while W and its gradient are in cache
+                spec.weight_grad.addcmul_(spec.weight, spec.prob, value=self.weight_decay)
             if grad_raw is not None:  # through the ReLU below: its output is this layer's h
                 delta = torch.ops.aten.threshold_backward(grad_raw, raw, 0.0)
         ratio = self.no_ratio
         if tap is not None:  # Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1)
             tap.square_()
-            tap_total = tap[0].flatten().dot(tap[1].flatten().add_(1.0))
-            s_l1 = variance_l1(tap_total, self.data_grad.dot(self.data_grad), rows)
+            tap_total = self.delta_norms_flat.dot(self.input_norms_flat.add_(1.0))
+            mean_grad_sq = torch.add(self.biases_grad.dot(self.biases_grad), self.grad_sq.sum())
+            s_l1 = variance_l1(tap_total, mean_grad_sq, rows)
         penalty = self.zero
         if gated:
             assert sample is not None and pre_clamp is not None and gates is not None and gate_grad is not None
@@ -299,26 +330,29 @@ class FastStep:
             totals.ratio_sum += ratio
         return data_loss, ratio
 
+    def _gate(self, spec: _Layer, gates: torch.Tensor | None) -> torch.Tensor | None:
+        """The layer's gates in this step's draw: a view made once for a shared draw, a slice of a per-example one."""
+        if gates is None or not self.per_example:
+            return spec.gate if gates is not None else None
+        return gates[:, spec.gates]
+
     def _tap_buffers(self, rows: int) -> torch.Tensor:
         """(2, layers, rows) for each example's ‖δ_i‖ and ‖a_i‖ per layer; and the gated inputs' work space."""
         if self.norms.shape[-1:] != (rows,):
             self.norms = torch.empty(2, len(self.layers), rows, device=self.flat.device)
+            self.norm_views = [(self.norms[0, layer], self.norms[1, layer]) for layer in range(len(self.layers))]
+            self.delta_norms_flat, self.input_norms_flat = self.norms[0].view(-1), self.norms[1].view(-1)
         widest = rows * max(spec.weight.shape[1] for spec in self.layers)
         if self.square.numel() < widest:
             self.square = torch.empty(widest, device=self.flat.device)
         return self.norms
 
     def _add_penalty_gradients(self) -> torch.Tensor:
-        """`GatedMLP.add_penalty_gradients` on the flat views; returns the penalty's value."""
-        wd = self.weight_decay
-        prob = prob_nonzero(self.log_alpha)
-        torch.mul(self.weights_flat, self.weights_flat, out=self.scratch_grad)
-        for spec in self.layers:
-            torch.sum(spec.scratch_grad, 0, out=self.column_sq[spec.gates])
+        """`GatedMLP.add_penalty_gradients` on the flat views, but for the weights' decay, which the backward
+        added layer by layer, and the column sums of W², which the forward took; returns the penalty's value."""
+        wd, prob = self.weight_decay, self.prob
         charge = torch.add(self.charge_constant, self.column_sq, alpha=0.5 * wd, out=self.column_sq)
         value = torch.add(prob.dot(charge), self.biases_flat.dot(self.biases_flat), alpha=0.5 * wd)
-        for spec in self.layers:
-            spec.weight_grad.addcmul_(spec.weight, prob[spec.gates], value=wd)
         self.biases_grad.add_(self.biases_flat, alpha=wd)
         self.log_alpha_grad.add_(torch.ops.aten.sigmoid_backward(charge, prob))
         return value

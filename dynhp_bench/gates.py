@@ -32,9 +32,9 @@ LOG_ALPHA_MAX = math.log(100.0)
 P_NONZERO_SHIFT = -BETA * math.log(-GAMMA_HC / ZETA)
 
 
-def prob_nonzero(log_alpha: torch.Tensor) -> torch.Tensor:
-    """P(z_j ≠ 0) of each gate: the expected L0 norm contribution."""
-    return torch.sigmoid(log_alpha + P_NONZERO_SHIFT)
+def prob_nonzero(log_alpha: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """P(z_j ≠ 0) of each gate: the expected L0 norm contribution (written into `out` when given)."""
+    return torch.sigmoid(log_alpha + P_NONZERO_SHIFT, out=out)
 
 
 def sample_gates(log_alpha: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from rich.table import Column, Table
 
 from dynhp_bench import report
 from dynhp_bench.baseline import Verdict
-from dynhp_bench.bench import Target
+from dynhp_bench.bench import REFERENCE_SUFFIX, Target
 from dynhp_bench.estimate import Estimate
 from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord, to_mb
 from dynhp_bench.sweep import Snapshot, TrialView, WorkerPlan, epochs_done, group_results
@@ -338,12 +338,14 @@ def print_configurations(configs: pd.DataFrame, *, console: Console | None = Non
 
 def print_bench(frame: pd.DataFrame, *, dataset: str, peak_gflops: float, checks: list[Target]) -> None:
     """The bench table (seconds per epoch per case) and whether each speed target holds."""
-    step = f", {frame['step'].iloc[0]} step" if "step" in frame.columns else ""
-    table = Table(
-        title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s{step}",
-        caption="plain: nn.Sequential + Adam flushing subnormal floats to zero as the trainer does "
-        "(the reference of × plain); plain_ieee: the same without flushing",
+    step = f", {frame.loc[frame['case'] == 'sp', 'step'].iloc[0]} step" if "step" in frame.columns else ""
+    caption = (
+        "plain: nn.Sequential + Adam flushing subnormal floats to zero as the trainer does "
+        "(the reference of × plain); plain_ieee: the same without flushing"
     )
+    if frame["case"].str.endswith(REFERENCE_SUFFIX).any():
+        caption += f"; *{REFERENCE_SUFFIX}: the same strategy on the autograd reference path, in the same rounds"
+    table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s{step}", caption=caption)
     for column in ("case", "batch", "weights", "s/epoch", "FLOP limit s", "× plain", "× FLOP limit"):
         table.add_column(column, justify="right")
     for row in frame.itertuples():

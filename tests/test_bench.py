@@ -36,6 +36,33 @@ def test_bench_writes_one_row_per_case_and_batch_size(
     assert "peak resident memory of `train`" in out and "Targets" in out
 
 
+def test_bench_reference_times_the_trainer_cases_on_both_paths_in_the_same_rounds(
+    synthetic_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--data-dir", str(synthetic_root), "--batch-sizes", "16", "--repeats", "2", "--reference",
+              "--warm-up-epochs", "0", "--no-memory", "--out", str(tmp_path), "--threads", "1"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert info.value.code == 0, captured.err
+    frame = pd.read_csv(tmp_path / "bench" / "bench.csv").set_index("case")
+    trainer_cases = ["sp", "hp", "hp20", "dynhp"]
+    assert sorted(frame.index) == sorted(
+        ["plain", "plain_ieee", *trainer_cases, *(f"{c}_autograd" for c in trainer_cases)]
+    )
+    assert frame.loc[trainer_cases, "step"].tolist() == ["fast"] * 4
+    assert frame.loc[[f"{c}_autograd" for c in trainer_cases], "step"].tolist() == ["autograd"] * 4
+    assert frame.loc["hp20_autograd", "weights"] == frame.loc["hp20", "weights"] < 0.22 * frame.loc["sp", "weights"]
+    assert "timing 10 cases × 2 epochs" in captured.err and captured.err.count("sp_autograd batch   16") == 2
+    assert "autograd reference path" in captured.out
+
+
+def test_bench_reference_with_the_autograd_step_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--reference", "--step", "autograd", "--data-dir", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "--reference times the autograd path" in err
+
+
 def test_hp20_keeps_about_a_fifth_of_the_weights(synthetic_root: Path) -> None:
     data = load_dataset("mnist", synthetic_root, download=False)
     trainer = hp20_trainer(data, 64, torch.device("cpu"))
