@@ -60,6 +60,7 @@ class _Layer:
     weight: torch.Tensor
     bias: torch.Tensor
     weight_grad: torch.Tensor
+    weight_grad_flat: torch.Tensor  # the same, one row
     bias_grad: torch.Tensor
     gates: slice  # its columns in the flat gate layout (empty for an ungated network)
     fold_min_rows: int
@@ -144,6 +145,7 @@ class FastStep:
                     weight=self.flat[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
                     bias=self.flat[offsets[n_layers + layer] : offsets[n_layers + layer + 1]],
                     weight_grad=self.grad[offsets[layer] : offsets[layer + 1]].view(n_out, n_in),
+                    weight_grad_flat=self.grad[offsets[layer] : offsets[layer + 1]],
                     bias_grad=self.grad[offsets[n_layers + layer] : offsets[n_layers + layer + 1]],
                     gates=gates,
                     # GatedMLP.forward's rule (`_fold_min_rows`): the first layer's input needs no gradient.
@@ -302,8 +304,7 @@ class FastStep:
                 elif layer > 0:
                     grad_raw = delta.mm(spec.weight)
             if tap is not None:  # ‖ḡ‖²'s share of this weight, before the penalty's gradient joins it
-                flat_grad = spec.weight_grad.view(-1)
-                torch.dot(flat_grad, flat_grad, out=spec.grad_sq)
+                torch.dot(spec.weight_grad_flat, spec.weight_grad_flat, out=spec.grad_sq)
             if gated:  # the penalty's weight decay, wd·W·diag(P), while W and its gradient are in cache
                 spec.weight_grad.addcmul_(spec.weight, spec.prob, value=self.weight_decay)
             if grad_raw is not None:  # through the ReLU below: its output is this layer's h
