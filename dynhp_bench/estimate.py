@@ -7,10 +7,12 @@ in a temporary folder, gives the cost of starting a run (loading the data, writi
 and the time this command took to start (importing torch and the rest) stands in for a worker process's start-up. A
 run's time is then its start-up + its epochs left × (⌈training images ÷ batch size⌉ × the seconds per step + one
 evaluation), and the sweep's wall time is those runs dealt to the workers in sweep order, each run to the first
-worker free, as the pool does, after the workers' start-up. DynHP's batch grows during a run (a step over a larger
-batch costs less per image) and HP and DynHP remove neurons, so their figures, measured at the initial size, are
-upper bounds. What the pool itself spends between runs (claiming trials, polling) is left out: for runs of a few
-seconds each the estimate is short by that.
+worker free, as the pool does, after the workers' start-up. HP and DynHP remove neurons, so their figures, measured
+at the initial size, are upper bounds. DynHP's batch grows during a run (a step over a larger batch costs less per
+image), from its initial size towards the largest its memory budget admits (Eq. 10): its runs are also timed at that
+cap, and the estimate is then a range, from every DynHP run at its cap from the first epoch (what a run that reached
+its cap early comes close to) to every run at its initial batch. What the pool itself spends between runs (claiming
+trials, polling) is left out: for runs of a few seconds each the estimate is short by that.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
+from dynhp_bench.metrics import batch_cap
 from dynhp_bench.strategies import STRATEGIES
 from dynhp_bench.sweep import Sweep, epochs_done
 from dynhp_bench.sweep.worker import FinishedRuns
@@ -68,6 +71,7 @@ class Estimate:
     wall_s: float
     upper_bound: bool  # some run grows its batch or removes neurons: measured at its initial size
     calibration_s: float
+    capped_wall_s: float | None = None  # with every batch-growing run at its memory cap throughout (None: none grows)
 
 
 def runs_left(sweep: Sweep, results_root: Path) -> list[RunLeft]:
@@ -107,6 +111,7 @@ class Calibration:
 
     step_s: float
     eval_s: float
+    cap_batch: int | None = None  # a batch-growing run's memory cap at its initial size (Eq. 10), else None
 
 
 def calibrate(
@@ -118,7 +123,12 @@ def calibrate(
     images = min(steps * config.batch_size + held_out, data.n_train)
     head = Dataset(data.name, data.train_x[:images], data.train_y[:images], data.test_x, data.test_y)
     trainer = Trainer(config, head, device, step=step)
+    cap_batch = None
+    if trainer.strategy.grows_batch and config.budget_bytes is not None:
+        cap = batch_cap(config.budget_bytes, trainer.net.model_bytes(), config.sample_bytes)
+        cap_batch = max(cap, config.batch_size)
     trainer.run_epoch(1, last=True)  # warm-up; last=True: no pruning, the network stays as set up
+    trainer.batch_size = config.batch_size  # DynHP's growth after the warm-up: time the batch asked for
     started = clock()
     trainer.run_epoch(2, last=True)  # its steps and one evaluation
     epoch_s = clock() - started
@@ -127,7 +137,9 @@ def calibrate(
     if held_out:
         trainer.validation_loss()
     eval_s = clock() - started
-    return Calibration(max(epoch_s - eval_s, 0.0) / steps_per_epoch(images - held_out, config.batch_size), eval_s)
+    return Calibration(
+        max(epoch_s - eval_s, 0.0) / steps_per_epoch(images - held_out, config.batch_size), eval_s, cap_batch
+    )
 
 
 def start_up_s(dataset: str, runtime: Runtime, *, clock: Clock) -> float:
@@ -170,13 +182,20 @@ def estimate(
             costs[run.key] = calibrate(
                 config, datasets[config.dataset], device, steps=steps, clock=clock, step=runtime.step
             )
+            cap = costs[run.key].cap_batch
+            capped = dataclasses.replace(config, batch_size=cap) if cap is not None else None
+            if capped is not None and _key(capped) not in costs:
+                torch.set_num_threads(runtime.threads or default_threads(batch_size=cap, workers=runtime.workers))
+                costs[_key(capped)] = calibrate(
+                    capped, datasets[config.dataset], device, steps=steps, clock=clock, step=runtime.step
+                )
         first = next((run for run in runs if run.epochs_left > 0), None)
         start_s = 0.0 if first is None else start_up_s(first.config.dataset, runtime, clock=clock)
         if first is not None:  # the one-epoch run's own evaluation is counted in every epoch already
             start_s = max(start_s - costs[first.key].eval_s, 0.0)
     finally:
         torch.set_num_threads(threads_before)
-    run_seconds = []
+    run_seconds, capped_seconds = [], []
     for run in runs:
         if run.epochs_left == 0:
             continue
@@ -186,6 +205,11 @@ def estimate(
         cost = costs[run.key]
         epoch_s = steps_per_epoch(n_train, config.batch_size) * cost.step_s + cost.eval_s
         run_seconds.append(start_s + run.epochs_left * epoch_s)
+        if cost.cap_batch is not None:
+            at_cap = costs[_key(dataclasses.replace(config, batch_size=cost.cap_batch))]
+            epoch_s = steps_per_epoch(n_train, cost.cap_batch) * at_cap.step_s + at_cap.eval_s
+        capped_seconds.append(start_s + run.epochs_left * epoch_s)
+    grows = any(costs[run.key].cap_batch is not None for run in runs if run.epochs_left > 0)
     return Estimate(
         runs_left=len(runs),
         epochs_left=sum(run.epochs_left for run in runs),
@@ -193,7 +217,12 @@ def estimate(
         wall_s=worker_start_s + schedule_wall_s(run_seconds, runtime.workers),
         upper_bound=any(_gets_cheaper(run.config) for run in runs),
         calibration_s=clock() - started,
+        capped_wall_s=worker_start_s + schedule_wall_s(capped_seconds, runtime.workers) if grows else None,
     )
+
+
+def _key(config: TrainConfig) -> GroupKey:
+    return RunLeft(config).key
 
 
 def process_age_s() -> float:

@@ -50,14 +50,18 @@ def duration(seconds: float) -> str:
 
 
 def plan_line(runs_left: int, epochs_left: int, estimate: Estimate | None) -> str:
-    """One line (at most 80 columns for fewer than 10,000 runs and 10 million epochs) telling what a sweep has
-    left to train and, when estimated, how long it will take (up to: some runs get cheaper as they train)."""
+    """One line (at most 80 columns for fewer than 10,000 runs and 10 million epochs, or with a range fewer than
+    1,000 runs and 100,000 epochs) telling what a sweep has left to train and, when estimated, how long it will
+    take: up to (some runs get cheaper as they train), or a range from DynHP at its memory cap to DynHP at its
+    initial batch (`Estimate.capped_wall_s`)."""
     if runs_left == 0:
         return "plan: nothing left to train"
     counts = f"plan: {runs_left:,} run{'s' * (runs_left != 1)} ({epochs_left:,} epochs) left"
     if estimate is None:
         return f"{counts} (--estimate times them)"
     workers = f"{estimate.workers} worker{'s' * (estimate.workers != 1)}"
+    if estimate.capped_wall_s is not None and duration(estimate.capped_wall_s) != duration(estimate.wall_s):
+        return f"{counts}: {duration(estimate.capped_wall_s)} to {duration(estimate.wall_s)} with {workers}"
     bound = "up to" if estimate.upper_bound else "about"
     return f"{counts}: {bound} {duration(estimate.wall_s)} with {workers}"
 

@@ -59,6 +59,27 @@ def test_the_estimate_extrapolates_the_measured_times(synthetic_root: Path, tmp_
     assert estimate([RunLeft(held_out)], runtime, steps=2, worker_start_s=0.0).wall_s > 0
 
 
+def test_dynhp_is_also_timed_at_its_memory_cap_and_the_estimate_is_a_range(
+    synthetic_root: Path, tmp_path: Path
+) -> None:
+    # Clock calls as above, with the run's second calibration at its cap between: +1.0 s for its timed epoch of 4
+    # steps (256 images at batch 64) and one evaluation, +0.25 s for the evaluation alone.
+    clock = FakeClock([0, 0, 2.0, 0, 0.5, 0, 1.0, 0, 0.25, 0, 3.0, 0])
+    net_bytes = 4 * 266_610  # the MLP's weights and biases (metrics.model_bytes: gates are not counted)
+    config = TrainConfig(strategy="dynhp", batch_size=16, epochs=3, budget_bytes=net_bytes + 64 * 4 * 784)
+    runtime = Runtime(data_dir=synthetic_root, results_root=tmp_path, threads=1, workers=1)
+    got = estimate([RunLeft(config)], runtime, steps=4, clock=clock, worker_start_s=0.0)
+    start_s = 3.0 - 0.5
+    at_start_epoch_s = SYNTHETIC_TRAIN / 16 * (2.0 - 0.5) / 4 + 0.5  # batch 16: 32 steps of 0.375 s, one evaluation
+    at_cap_epoch_s = SYNTHETIC_TRAIN / 64 * (1.0 - 0.25) / 4 + 0.25  # batch 64: 8 steps of 0.1875 s, one evaluation
+    assert got.wall_s == pytest.approx(start_s + 3 * at_start_epoch_s) == 40.0
+    assert got.capped_wall_s == pytest.approx(start_s + 3 * at_cap_epoch_s) == 7.75
+    assert got.upper_bound
+    assert plan_line(1, 3, got) == "plan: 1 run (3 epochs) left: 8 s to 40 s with 1 worker"
+    sp = estimate([RunLeft(TrainConfig(strategy="sp", epochs=1))], runtime, steps=2, worker_start_s=0.0)
+    assert sp.capped_wall_s is None  # no run grows its batch: no range
+
+
 def test_the_plan_line_fits_80_columns_and_says_what_it_knows() -> None:
     big = Estimate(runs_left=9_999, epochs_left=9_999_999, workers=16, wall_s=1e9, upper_bound=True,
                    calibration_s=1.0)  # fmt: skip
@@ -68,6 +89,16 @@ def test_the_plan_line_fits_80_columns_and_says_what_it_knows() -> None:
     small = Estimate(runs_left=1, epochs_left=2, workers=1, wall_s=3725, upper_bound=False, calibration_s=1.0)
     assert plan_line(1, 2, small) == "plan: 1 run (2 epochs) left: about 1 h 02 min with 1 worker"
     assert plan_line(44, 88, None) == "plan: 44 runs (88 epochs) left (--estimate times them)"
+    table2 = Estimate(runs_left=7, epochs_left=14_000, workers=2, wall_s=37_140, upper_bound=True,
+                      calibration_s=9.0, capped_wall_s=5_700)  # fmt: skip
+    line = plan_line(7, 14_000, table2)
+    assert line == "plan: 7 runs (14,000 epochs) left: 1 h 35 min to 10 h 19 min with 2 workers"
+    widest = Estimate(runs_left=999, epochs_left=99_999, workers=16, wall_s=1e9, upper_bound=True,
+                      calibration_s=1.0, capped_wall_s=1e8)  # fmt: skip
+    assert len(line) <= 80 and len(plan_line(999, 99_999, widest)) <= 80
+    same = Estimate(runs_left=1, epochs_left=2, workers=1, wall_s=3725, upper_bound=True, calibration_s=1.0,
+                    capped_wall_s=3720)  # fmt: skip
+    assert plan_line(1, 2, same) == "plan: 1 run (2 epochs) left: up to 1 h 02 min with 1 worker"
     assert plan_line(0, 0, None) == "plan: nothing left to train"
     assert [duration(s) for s in (42.4, 600, 7260, 3 * 86400, 1e9)] == [
         "42 s", "10 min", "2 h 01 min", "3.0 days", "11,574 days"]  # fmt: skip
