@@ -609,7 +609,7 @@ def _run_sweep(
     runtime.torch_device()
     check_data(sweep, runtime.data_dir)
     if plan_only:
-        _print_plan(sweep, runtime, estimate=True)
+        _print_plan(sweep, runtime, estimate=estimate)
         return 0
     target = parse_storage(storage, out)
     if target.journal is not None:

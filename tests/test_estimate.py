@@ -132,6 +132,14 @@ def test_plan_only_prints_the_plan_and_writes_nothing(
     err = capsys.readouterr().err
     assert "plan: 2 runs (6 epochs) left: about " in err, err
     assert not out.exists(), "no storage, no run folder: nothing written"
+    with pytest.raises(SystemExit) as info:
+        main(["sweep", "lambda", "--values", "0.01,0.02", "--strategy", "sp", "--profile", "smoke", "--subset",
+              "256", "--data-dir", str(synthetic_root), "--out", str(out), "--quiet", "--plan-only",
+              "--no-estimate"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert info.value.code == 0, err
+    assert err.strip().endswith("plan: 2 runs (4 epochs) left (--estimate times them)"), err
+    assert not out.exists()
 
 
 def test_the_trainer_flushes_subnormal_floats_while_it_trains_only(
