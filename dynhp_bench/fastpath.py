@@ -127,7 +127,6 @@ class FastStep:
         self.weights_flat = self.flat[:weights_end]
         self.biases_flat = self.flat[weights_end:biases_end]
         self.log_alpha = self.flat[biases_end:]
-        self.data_grad = self.grad[:biases_end]  # weights and biases: what ‖ḡ‖² sums over
         self.biases_grad = self.grad[weights_end:biases_end]
         self.log_alpha_grad = self.grad[biases_end:]
         self.pruned = None if net.pruned is None else torch.cat([m.reshape(-1) for m in net.pruned])
