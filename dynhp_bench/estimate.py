@@ -160,8 +160,9 @@ def estimate(
     clock: Clock = time.perf_counter,
     worker_start_s: float | None = None,
 ) -> Estimate:
-    """Calibrate each distinct (dataset, strategy, batch size) of `runs` and extrapolate to the sweep's wall time
-    (`worker_start_s`: a worker process's start-up; None reads this process's own)."""
+    """Calibrate each distinct (dataset, architecture, strategy, batch size) of `runs`, a batch-growing one at its
+    memory cap too, and extrapolate to the sweep's wall time (`worker_start_s`: a worker process's start-up; None
+    reads this process's own)."""
     worker_start_s = process_age_s() if worker_start_s is None else worker_start_s
     started = clock()
     device = runtime.torch_device()
