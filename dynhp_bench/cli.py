@@ -127,6 +127,15 @@ def _root(
     """dynhp-bench: reproduce, sweep and gate DynHP training runs."""
 
 
+# `train` and `bench` both take it; `sweep` and `reproduce` copy it from `train` (`_with_train_options`).
+StepOption = Annotated[
+    str,
+    typer.Option(
+        help="Training step: fast (the hand-written MLP step where it covers the run) | autograd (the reference)"
+    ),
+]
+
+
 @app.command("train")
 def train_command(
     dataset: Annotated[str | None, typer.Option(help=f"{_choices('dataset')}", show_default="mnist")] = None,
@@ -168,12 +177,7 @@ def train_command(
         typer.Option(help="Torch CPU threads", show_default="1 below batch 256, else the cores left free"),
     ] = None,
     device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
-    step: Annotated[
-        str,
-        typer.Option(
-            help="Training step: fast (the hand-written MLP step where it covers the run) | autograd (the reference)"
-        ),
-    ] = "fast",
+    step: StepOption = "fast",
     force: Annotated[
         bool, typer.Option(help="Train afresh even if this run is complete or has a checkpoint to continue from")
     ] = False,
@@ -871,12 +875,7 @@ def bench_command(
     out: Annotated[Path, typer.Option(help="Results root; the table lands in OUT/bench/bench.csv")] = Path("results"),
     threads: Annotated[int | None, typer.Option(help="Torch CPU threads", show_default="all cores")] = None,
     device: Annotated[str, typer.Option(help=" | ".join(DEVICES))] = "auto",
-    step: Annotated[
-        str,
-        typer.Option(
-            help="Training step: fast (the hand-written MLP step where it covers the run) | autograd (the reference)"
-        ),
-    ] = "fast",
+    step: StepOption = "fast",
     reference: Annotated[
         bool,
         typer.Option(
