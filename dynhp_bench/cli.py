@@ -24,6 +24,7 @@ from dynhp_bench.bench import (
     CASES,
     DEFAULT_BATCH_SIZES,
     DEFAULT_WARM_UP_EPOCHS,
+    REFERENCE_SUFFIX,
     TRAINER_CASES,
     run_bench,
     targets,
@@ -911,15 +912,16 @@ def bench_command(
     root = resolve_data_dir(data_dir)
     data = load_dataset(dataset, root, subset=subset)
     csv_path = out / "bench" / "bench.csv"
-    n_cases = len(CASES) + (len(TRAINER_CASES) if reference else 0)
+    cases = [*CASES, *(case + REFERENCE_SUFFIX for case in TRAINER_CASES if reference)]
+    width = max(map(len, cases))
     err_console.print(
-        f"timing {len(sizes) * n_cases} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "
+        f"timing {len(sizes) * len(cases)} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "
         f"{dataset} images, "
         f"{torch.get_num_threads()} threads, {torch_device}"
     )
 
     def show(case: str, batch: int, seconds: float) -> None:
-        err_console.print(f"  {case:>10} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
+        err_console.print(f"  {case:>{width}} batch {batch:>4}: {seconds:6.2f} s/epoch", highlight=False)
 
     frame, peak = run_bench(
         data,
