@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import typer
 
-from dynhp_bench import __version__, report
+from dynhp_bench import __version__, kernels, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
 from dynhp_bench.bench import (
     CASES,
@@ -132,7 +132,8 @@ def _root(
 StepOption = Annotated[
     str,
     typer.Option(
-        help="Training step: fast (the hand-written MLP step where it covers the run) | autograd (the reference)"
+        help="Training step: fast (the hand-written MLP step where it covers the run, with compiled C loops where a"
+        " C compiler is found) | fast_torch (the same on PyTorch operations alone) | autograd (the reference)"
     ),
 ]
 
@@ -365,6 +366,7 @@ def train_command(
         checkpoint_every=checkpoint_every,
         step=step,
     )
+    _note_step(runtime)
     header = f"[bold]{settings.run_id}[/]  ({settings.profile} profile, {settings.epochs} epochs)"
     with EpochProgress(settings.epochs, enabled=not quiet, header=header) as progress:
         result = train(settings, runtime, on_epoch=progress.update, on_step=progress.step, force=force)
@@ -612,6 +614,7 @@ def _run_sweep(
         step=runtime_options["step"],
     )
     runtime.torch_device()
+    _note_step(runtime)
     check_data(sweep, runtime.data_dir)
     if plan_only:
         _print_plan(sweep, runtime, estimate=estimate)
@@ -908,6 +911,7 @@ def bench_command(
         raise SettingsError("--reference times the autograd path beside the fast one; with --step autograd there "
                             "is nothing to compare: leave one of them out")  # fmt: skip
     torch_device = runtime.torch_device()
+    _note_step(runtime)
     _set_threads(threads)
     root = resolve_data_dir(data_dir)
     data = load_dataset(dataset, root, subset=subset)
@@ -934,7 +938,7 @@ def bench_command(
         on_epoch=show,
     )
     _save_csv(frame, csv_path)
-    print_bench(frame, dataset=dataset, peak_gflops=peak, checks=targets(frame))
+    print_bench(frame, dataset=dataset, peak_gflops=peak, checks=targets(frame), step=_step_label(runtime))
     if memory:
         rss = train_peak_rss_bytes(root, dataset=dataset, threads=threads)
         out_console.print(
@@ -963,6 +967,24 @@ def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None
     csv_path = _save_csv(frame, out / "bench" / "inference.csv")
     print_inference(frame, threads=torch.get_num_threads())
     out_console.print(f"saved {csv_path}")
+
+
+def _note_step(runtime: Runtime) -> None:
+    """Say, before any training, when ``--step fast`` cannot have its compiled loops here (it is slower without)."""
+    if runtime.step == "fast" and runtime.torch_device().type == "cpu" and kernels.load() is None:
+        err_console.print(
+            f"[yellow]note:[/] {kernels.unavailable_reason()}; the fast step runs on PyTorch operations alone "
+            "(as --step fast_torch), up to 1.3 × slower at small batches",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _step_label(runtime: Runtime) -> str:
+    """The training step as the bench table names it: the kind, and for ``fast`` whether its loops are compiled."""
+    if runtime.step != "fast" or runtime.torch_device().type != "cpu":
+        return runtime.step
+    return "fast (compiled loops)" if kernels.load() is not None else "fast (PyTorch operations)"
 
 
 def _set_threads(threads: int | None) -> None:

@@ -30,8 +30,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from dynhp_bench import kernels
 from dynhp_bench.gates import (
     BETA,
+    EPS,
     FOLD_MIN_ROWS_FIRST_LAYER,
     GAMMA_HC,
     LOG_ALPHA_MAX,
@@ -91,6 +93,8 @@ class FastStep:
         self.track_variance = trainer.strategy.needs_gradient_variance
         self.growth_ratio = trainer.growth_ratio
         self.per_example = trainer.config.gate_draws == "example"
+        # The compiled loops (`kernels`) for a gated network under ``--step fast``; None: PyTorch operations.
+        self.kernels = kernels.load() if net.gated and trainer.step_kind == "fast" else None
         params = list(net.parameters())
         device = params[0].device
         sizes = [p.numel() for p in params]
@@ -170,12 +174,21 @@ class FastStep:
             self.prob = torch.empty_like(self.log_alpha)
             self.gate_values = torch.empty_like(self.log_alpha)
             self.gate_grad = torch.empty_like(self.log_alpha)
+            # The compiled draw's buffers: the uniform numbers, the sigmoids, the values before the clamp.
+            self.noise = torch.empty_like(self.log_alpha)
+            self.sample = torch.empty_like(self.log_alpha)
+            self.pre_clamp = torch.empty_like(self.log_alpha)
+            self.penalty = torch.zeros((), device=device)
             for spec in self.layers:
                 spec.column_sq, spec.prob = self.column_sq[spec.gates], self.prob[spec.gates]
                 spec.gate, spec.gate_grad = self.gate_values[spec.gates], self.gate_grad[spec.gates]
         self.one = torch.ones((), device=device)
         self.zero = torch.zeros((), device=device)  # the penalty of an ungated network (never written to)
         self.no_ratio = torch.full((), math.nan, device=device)
+        # The compiled loops' accumulators: Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1), the weights' ‖ḡ‖², and ‖S‖₁.
+        self.tap_total = torch.zeros((), device=device)
+        self.grad_sq_total = torch.zeros((), device=device)
+        self.s_l1 = torch.zeros((), device=device)
         # (2, layers, rows): per layer, each example's ‖δ_i‖ and ‖a_i‖ (DynHP), combined once after the backward.
         self.norms = torch.empty(0, device=device)
         self.norm_views: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: its rows of `norms`
@@ -221,7 +234,12 @@ class FastStep:
         rows = xb.shape[0]
         gated = net.gated
         gates = sample = pre_clamp = None
-        if gated:
+        fused = self.kernels
+        shared_fused = fused is not None and not self.per_example
+        if shared_fused:
+            assert fused is not None
+            gates, sample, pre_clamp = self._draw_fused(fused, totals)
+        elif gated:
             noise = uniform_noise(
                 (rows, self.log_alpha.shape[0]) if self.per_example else (self.log_alpha.shape[0],),
                 self.generator,
@@ -253,7 +271,7 @@ class FastStep:
                 folded.append(None)
             inputs.append(x)
             y = torch.addmm(spec.bias, x, weight_t)
-            if gated:  # Σ_i W_ij² for the gates' charges, while W is still in cache from the product above
+            if gated and self.kernels is None:  # Σ_i W_ij² for the gates' charges, while W is in cache
                 torch.sum(torch.mul(spec.weight, spec.weight, out=spec.scratch_grad), 0, out=spec.column_sq)
             x = torch.relu(y) if layer < last else y
         log_probs = torch.log_softmax(x, 1)
@@ -267,11 +285,19 @@ class FastStep:
         gate_grad = None
         if gates is not None:
             gate_grad = torch.empty_like(gates) if self.per_example else self.gate_grad
+            # PyTorch's sigmoid, as the reference's: d P/d log α = P(1 − P) loses digits as P nears 1, where a
+            # sigmoid one ulp off would be far off.
             prob_nonzero(self.log_alpha, out=self.prob)
-        tap = self._tap_buffers(rows) if self.track_variance else None
+        tap = self._tap_buffers(rows) if self.track_variance and fused is None else None
         for layer in range(last, -1, -1):
             spec, raw, a, weight_eff = self.layers[layer], raws[layer], inputs[layer], folded[layer]
             gate = self._gate(spec, gates)
+            if fused is not None:
+                assert gate is not None and gate_grad is not None
+                grad_raw = self._fused_backward(fused, spec, delta, raw, a, gate, weight_eff, gate_grad, layer > 0)
+                if grad_raw is not None:
+                    delta = torch.ops.aten.threshold_backward(grad_raw, raw, 0.0)
+                continue
             if tap is not None:  # ‖δ_i‖ and ‖a_i‖, a_i the gated input (variance.GradientTap); squared below
                 gated_input = a
                 if weight_eff is not None:
@@ -309,13 +335,29 @@ class FastStep:
             if grad_raw is not None:  # through the ReLU below: its output is this layer's h
                 delta = torch.ops.aten.threshold_backward(grad_raw, raw, 0.0)
         ratio = self.no_ratio
+        s_l1 = self.s_l1
         if tap is not None:  # Σ_l Σ_i ‖δ_i‖²·(‖a_i‖² + 1)
             tap.square_()
             tap_total = self.delta_norms_flat.dot(self.input_norms_flat.add_(1.0))
             mean_grad_sq = torch.add(self.biases_grad.dot(self.biases_grad), self.grad_sq.sum())
             s_l1 = variance_l1(tap_total, mean_grad_sq, rows)
+        elif fused is not None and self.track_variance:
+            address = kernels.address
+            biases_grad = self.biases_grad
+            fused.variance_l1(
+                address(s_l1),
+                address(self.tap_total),
+                address(self.grad_sq_total),
+                address(biases_grad),
+                biases_grad.numel(),
+                rows,
+            )
         penalty = self.zero
-        if gated:
+        if shared_fused:
+            assert fused is not None
+            penalty = self._gates_backward_fused(fused)
+            totals.penalty_sum += penalty
+        elif gated:
             assert sample is not None and pre_clamp is not None and gates is not None and gate_grad is not None
             # Through the draw: clamp (passes where 0 ≤ value ≤ 1, as autograd's clamp), sigmoid, ÷ β.
             slope = torch.ops.aten.sigmoid_backward((pre_clamp == gates) * GATE_SLOPE, sample)
@@ -325,10 +367,127 @@ class FastStep:
                 torch.mul(gate_grad, slope, out=self.log_alpha_grad)
             penalty = self._add_penalty_gradients()
             totals.penalty_sum += penalty
-        if tap is not None:
+        if self.track_variance:
             ratio = self.growth_ratio(s_l1, data_loss, penalty, rows)
             totals.ratio_sum += ratio
         return data_loss, ratio
+
+    def _draw_fused(
+        self, fused: kernels.Kernels, totals: StepTotals
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The shared gates' draw with the compiled loop, from the same uniform numbers as `uniform_noise`; adds
+        the open gates to `totals`. Returns the gates, their sigmoids and pre-clamp values."""
+        address = kernels.address
+        torch.rand(self.noise.shape, generator=self.generator, out=self.noise)
+        counts = totals.counts
+        assert counts.dtype == torch.float32 and counts.is_contiguous()
+        fused.gates_draw(
+            address(self.noise),
+            address(self.log_alpha),
+            self.noise.numel(),
+            address(self.sample),
+            address(self.pre_clamp),
+            address(self.gate_values),
+            address(counts),
+            1.0 - 2.0 * EPS,
+            EPS,
+            BETA,
+            ZETA,
+            GAMMA_HC,
+        )
+        totals.draws += 1
+        return self.gate_values, self.sample, self.pre_clamp
+
+    def _gates_backward_fused(self, fused: kernels.Kernels) -> torch.Tensor:
+        """The gates' chain rule, the biases' decay and the penalty's value with the compiled loop (the shared
+        draw's `_add_penalty_gradients`); returns the penalty."""
+        address = kernels.address
+        fused.gates_backward(
+            address(self.gate_grad),
+            address(self.sample),
+            address(self.pre_clamp),
+            address(self.gate_values),
+            address(self.prob),
+            address(self.charge_constant),
+            address(self.column_sq),
+            self.log_alpha.numel(),
+            GATE_SLOPE,
+            self.weight_decay,
+            address(self.log_alpha_grad),
+            address(self.biases_flat),
+            address(self.biases_grad),
+            self.biases_flat.numel(),
+            address(self.penalty),
+        )
+        return self.penalty
+
+    def _fused_backward(
+        self,
+        fused: kernels.Kernels,
+        spec: _Layer,
+        delta: torch.Tensor,
+        raw: torch.Tensor,
+        a: torch.Tensor,
+        gate: torch.Tensor,
+        weight_eff: torch.Tensor | None,
+        gate_grad: torch.Tensor,
+        needs_input_grad: bool,
+    ) -> torch.Tensor | None:
+        """One gated layer's backward with the compiled loops: its bias, weight and gate gradients, the penalty's
+        decay, the column sums of W² and DynHP's shares of the statistic; returns d(loss)/d(ungated input), or
+        None for the first layer.
+
+        With a shared draw, one product M = δᵀ·h (h the ungated input) gives both the weight's gradient M·diag(g)
+        and the gate's, Σ_k M_kj·W_kj, in one pass over M and W: the first layer needs no δ·W at all."""
+        address = kernels.address
+        n_out, n_in = spec.weight.shape
+        rows = delta.shape[0]
+        shared = gate.dim() == 1
+        grad_sq = self.grad_sq_total if self.track_variance else None
+        if self.track_variance:  # a_i = h_i ⊙ g: the folded layer's gated input was never formed
+            gated_input, input_gate = (raw, gate) if weight_eff is not None else (a, None)
+            fused.tap_add(
+                address(self.tap_total), address(delta), address(gated_input), address(input_gate), rows, n_out, n_in
+            )
+        torch.sum(delta, 0, out=spec.bias_grad)
+        grad_raw = None
+        if shared:
+            product = torch.mm(delta.t(), raw, out=spec.scratch_grad)
+            fused.weight_pass(
+                address(product),
+                address(spec.weight),
+                address(spec.weight_grad),
+                address(gate),
+                address(spec.prob),
+                self.weight_decay,
+                address(spec.gate_grad),
+                address(spec.column_sq),
+                address(grad_sq),
+                n_out,
+                n_in,
+            )
+            if needs_input_grad:
+                grad_raw = delta.mm(weight_eff) if weight_eff is not None else delta.mm(spec.weight).mul_(gate)
+            return grad_raw
+        torch.mm(delta.t(), a, out=spec.weight_grad)
+        grad_a = delta.mm(spec.weight)
+        torch.mul(grad_a, raw, out=gate_grad[:, spec.gates])
+        if needs_input_grad:
+            grad_raw = grad_a.mul_(gate)
+        fused.weight_pass(
+            address(spec.weight_grad),
+            address(spec.weight),
+            address(spec.weight_grad),
+            0,
+            address(spec.prob),
+            self.weight_decay,
+            0,
+            address(spec.column_sq),
+            address(grad_sq),
+            n_out,
+            n_in,
+        )
+        return grad_raw
 
     def _gate(self, spec: _Layer, gates: torch.Tensor | None) -> torch.Tensor | None:
         """The layer's gates in this step's draw: a view made once for a shared draw, a slice of a per-example one."""

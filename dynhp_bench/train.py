@@ -36,7 +36,10 @@ from dynhp_bench.threads import check_threads, default_threads
 from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio
 
 DEVICES = ("auto", "cpu", "cuda")
-STEP_KINDS = ("fast", "autograd")  # `Runtime.step`: the fast path where it covers the network, or autograd
+# `Runtime.step`: the fast path where it covers the network (with its compiled loops where a C compiler is found,
+# or on PyTorch operations alone), else autograd; or autograd always.
+STEP_KINDS = ("fast", "fast_torch", "autograd")
+FAST_STEPS = STEP_KINDS[:2]
 EVAL_CHUNK = 10_000
 CHECKPOINT_INTERVAL_S = 300.0  # without --checkpoint-every: at most ~5 minutes of work are lost
 
@@ -51,7 +54,7 @@ class Runtime:
     device: str = "auto"
     checkpoint_every: int | None = None
     workers: int = 1  # processes sharing this machine's cores (a sweep's workers)
-    step: str = "fast"  # the training step: "fast" where `fastpath` covers the network, else "autograd"
+    step: str = "fast"  # the training step, one of STEP_KINDS
 
     def __post_init__(self) -> None:
         check_count("--checkpoint-every", self.checkpoint_every, low=1, high=MAX_EPOCHS)
@@ -184,8 +187,9 @@ class Trainer:
     validation and test images once, the training images batch by batch).
     With ``augment`` the training images are kept whole and each batch is augmented (`augmentation.augmented`,
     drawing from the run's device generator) before its pruned input columns are selected.
-    `step` is `Runtime.step`: ``fast`` trains with `fastpath.FastStep` where it covers the network, ``autograd``
-    with the reference `AutogradStep` always.
+    `step` is `Runtime.step`: ``fast`` trains with `fastpath.FastStep` where it covers the network, using the
+    compiled loops of `kernels` where they can be built; ``fast_torch`` the same on PyTorch operations alone;
+    ``autograd`` with the reference `AutogradStep` always.
     """
 
     def __init__(self, config: TrainConfig, data: Dataset, device: torch.device, *, step: str = "fast") -> None:
@@ -453,8 +457,8 @@ class Trainer:
 
     def step_path(self) -> StepPath:
         """The training step for the network as it is now: the fast path (`fastpath.FastStep`) where it covers
-        the network and `step_kind` is ``fast``, else the autograd reference (`AutogradStep`)."""
-        fast = FastStep.bind(self) if self.step_kind == "fast" else None
+        the network and `step_kind` is one of its kinds, else the autograd reference (`AutogradStep`)."""
+        fast = FastStep.bind(self) if self.step_kind in FAST_STEPS else None
         return fast if fast is not None else AutogradStep(self)
 
     @torch.no_grad()

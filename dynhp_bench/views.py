@@ -340,9 +340,14 @@ def print_configurations(configs: pd.DataFrame, *, console: Console | None = Non
     (console or out_console).print(view)
 
 
-def print_bench(frame: pd.DataFrame, *, dataset: str, peak_gflops: float, checks: list[Target]) -> None:
-    """The bench table (seconds per epoch per case) and whether each speed target holds."""
-    step = f", {frame.loc[frame['case'] == 'sp', 'step'].iloc[0]} step" if "step" in frame.columns else ""
+def print_bench(
+    frame: pd.DataFrame, *, dataset: str, peak_gflops: float, checks: list[Target], step: str | None = None
+) -> None:
+    """The bench table (seconds per epoch per case) and whether each speed target holds; `step` names the trainer
+    cases' step (default: the frame's ``step`` column)."""
+    if step is None and "step" in frame.columns:
+        step = str(frame.loc[frame["case"] == "sp", "step"].iloc[0])
+    step = f", {step} step" if step else ""
     caption = (
         "plain: nn.Sequential + Adam flushing subnormal floats to zero as the trainer does "
         "(the reference of × plain); plain_ieee: the same without flushing"

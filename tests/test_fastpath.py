@@ -27,7 +27,7 @@ from dynhp_bench.fastpath import FastStep
 from dynhp_bench.gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN
 from dynhp_bench.strategies import dead_neurons, magnitude_masks
 from dynhp_bench.sweep import WorkerPlan, command_line_spec, expand, parse_storage
-from dynhp_bench.train import AutogradStep, Runtime, StepTotals, Trainer, train
+from dynhp_bench.train import FAST_STEPS, AutogradStep, Runtime, StepTotals, Trainer, train
 
 GRAD_TOLERANCE = 1e-6
 RATIO_TOLERANCE = 1e-5
@@ -71,9 +71,10 @@ def _prepare(trainer: Trainer, shapes: str) -> None:
         trainer.remove_units(dead_neurons(trainer.net.pruned or []))
 
 
-def _one_step(trainer: Trainer, fast: bool, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, Any]:
-    """One step's gradients on the batch (xb, yb) from the trainer's current generator state."""
-    path = FastStep.bind(trainer) if fast else AutogradStep(trainer)
+def _one_step(trainer: Trainer, step: str, xb: torch.Tensor, yb: torch.Tensor) -> dict[str, Any]:
+    """One step's gradients on the batch (xb, yb) from the trainer's current generator state, on the `step` path."""
+    trainer.step_kind = step
+    path = AutogradStep(trainer) if step == "autograd" else FastStep.bind(trainer)
     assert path is not None
     totals = _totals(trainer)
     loss, ratio = path.gradients(xb, yb, totals)
@@ -83,7 +84,9 @@ def _one_step(trainer: Trainer, fast: bool, xb: torch.Tensor, yb: torch.Tensor) 
             "draws": totals.draws, "grads": grads}  # fmt: skip
 
 
-def _both_paths(data: Dataset, strategy: str, extra: dict[str, Any], shapes: str, rows: int) -> list[dict[str, Any]]:
+def _both_paths(
+    data: Dataset, strategy: str, extra: dict[str, Any], shapes: str, rows: int, step: str
+) -> list[dict[str, Any]]:
     config = TrainConfig(dataset=data.name, strategy=strategy, batch_size=rows, seed=3, **extra)
     trainer = Trainer(config, data, torch.device("cpu"))
     _prepare(trainer, shapes)
@@ -91,11 +94,11 @@ def _both_paths(data: Dataset, strategy: str, extra: dict[str, Any], shapes: str
     xb, yb = trainer.training_batch(index), trainer.train_y[index]  # normalised and augmented as configured
     state = trainer.device_generator.get_state()
     averages = None if trainer.growth_averages is None else trainer.growth_averages.state_dict()
-    reference = _one_step(trainer, False, xb, yb)
+    reference = _one_step(trainer, "autograd", xb, yb)
     trainer.device_generator.set_state(state)
     if trainer.growth_averages is not None and averages is not None:  # the reference step moved them
         trainer.growth_averages.load_state_dict(averages)
-    return [reference, _one_step(trainer, True, xb, yb)]
+    return [reference, _one_step(trainer, step, xb, yb)]
 
 
 def _assert_same_step(reference: dict[str, Any], fast: dict[str, Any]) -> None:
@@ -113,25 +116,27 @@ def _assert_same_step(reference: dict[str, Any], fast: dict[str, Any]) -> None:
             assert float((got - want).abs().max()) <= GRAD_TOLERANCE * float(want.abs().max()), i
 
 
+@pytest.mark.parametrize("step", FAST_STEPS)
 @pytest.mark.parametrize("rows", [16, 100])  # 100: shared gates folded into the weights, by GatedMLP's rule
 @pytest.mark.parametrize("shapes", SHAPES)
 @pytest.mark.parametrize(("strategy", "extra"), CASES)
 def test_gradients_equal_autograd_on_a_tiny_network(
-    synthetic_root: Path, strategy: str, extra: dict[str, Any], shapes: str, rows: int
+    synthetic_root: Path, strategy: str, extra: dict[str, Any], shapes: str, rows: int, step: str
 ) -> None:
     data = load_dataset("mnist", synthetic_root, download=False)
-    reference, fast = _both_paths(data, strategy, {"hidden": (12, 8), **extra}, shapes, rows)
+    reference, fast = _both_paths(data, strategy, {"hidden": (12, 8), **extra}, shapes, rows, step)
     _assert_same_step(reference, fast)
     assert any(float(g.abs().max()) > 0 for g in reference["grads"])  # the test compares something
 
 
+@pytest.mark.parametrize("step", FAST_STEPS)
 @pytest.mark.parametrize(("strategy", "extra"), [("sp", {}), ("dynhp", {"gate_draws": "example"})])
 def test_gradients_equal_autograd_on_normalised_augmented_cifar10(
-    cifar_root: Path, strategy: str, extra: dict[str, Any]
+    cifar_root: Path, strategy: str, extra: dict[str, Any], step: str
 ) -> None:
     data = load_dataset("cifar10", cifar_root, download=False)
     for shapes in ("full", "pruned"):
-        reference, fast = _both_paths(data, strategy, {"hidden": (12, 8), **extra}, shapes, 40)
+        reference, fast = _both_paths(data, strategy, {"hidden": (12, 8), **extra}, shapes, 40, step)
         _assert_same_step(reference, fast)
 
 
@@ -141,7 +146,7 @@ def test_the_gradients_are_those_of_the_objective(synthetic_root: Path) -> None:
     data = load_dataset("mnist", synthetic_root, download=False)
     trainer = Trainer(TrainConfig(strategy="sp", batch_size=8, hidden=(6, 5)), data, torch.device("cpu"))
     state = trainer.device_generator.get_state()
-    fast = _one_step(trainer, True, trainer.train_x[:8], trainer.train_y[:8])
+    fast = _one_step(trainer, "fast", trainer.train_x[:8], trainer.train_y[:8])
     params = list(trainer.net.parameters())
     direction = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(params)]
     slope = sum(float((g.double() * d.double()).sum()) for g, d in zip(fast["grads"], direction, strict=True))
@@ -265,13 +270,14 @@ EPOCH_CASES: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+@pytest.mark.parametrize("step", FAST_STEPS)
 @pytest.mark.parametrize(("strategy", "extra"), EPOCH_CASES)
 def test_a_three_epoch_run_equals_the_reference_paths(
-    synthetic_root: Path, tmp_path: Path, strategy: str, extra: dict[str, Any]
+    synthetic_root: Path, tmp_path: Path, strategy: str, extra: dict[str, Any], step: str
 ) -> None:
     config = TrainConfig(strategy=strategy, epochs=3, batch_size=16, **extra)
     reference = _epochs(synthetic_root, tmp_path, config, "autograd")
-    fast = _epochs(synthetic_root, tmp_path, config, "fast")
+    fast = _epochs(synthetic_root, tmp_path, config, step)
     _assert_same_epochs(reference, fast)
     if strategy in ("hp", "dynhp", "dyprune"):  # the runs did prune, so pruned shapes were trained on
         assert (
@@ -288,21 +294,23 @@ def test_a_three_epoch_cifar10_run_equals_the_reference_paths(cifar_root: Path, 
     )
 
 
+@pytest.mark.parametrize("step", FAST_STEPS)
 @pytest.mark.parametrize(("strategy", "extra"), CASES)
-def test_gradients_equal_autograd_on_mnist(real_root: Path, strategy: str, extra: dict[str, Any]) -> None:
+def test_gradients_equal_autograd_on_mnist(real_root: Path, strategy: str, extra: dict[str, Any], step: str) -> None:
     data = load_dataset("mnist", real_root, subset=2_000)
     for shapes in SHAPES:
         for rows in (16, 512):
-            reference, fast = _both_paths(data, strategy, extra, shapes, rows)
+            reference, fast = _both_paths(data, strategy, extra, shapes, rows, step)
             _assert_same_step(reference, fast)
 
 
+@pytest.mark.parametrize("step", FAST_STEPS)
 @pytest.mark.parametrize(("strategy", "extra"), EPOCH_CASES)
 def test_a_three_epoch_mnist_run_equals_the_reference_paths(
-    real_root: Path, tmp_path: Path, strategy: str, extra: dict[str, Any]
+    real_root: Path, tmp_path: Path, strategy: str, extra: dict[str, Any], step: str
 ) -> None:
     config = TrainConfig(strategy=strategy, epochs=3, batch_size=16, subset=2_000, **extra)
-    _assert_same_epochs(_epochs(real_root, tmp_path, config, "autograd"), _epochs(real_root, tmp_path, config, "fast"))
+    _assert_same_epochs(_epochs(real_root, tmp_path, config, "autograd"), _epochs(real_root, tmp_path, config, step))
 
 
 @pytest.mark.parametrize("command", ["train", "bench"])
@@ -311,7 +319,7 @@ def test_an_unknown_step_is_one_line(command: str, tmp_path: Path, capsys: pytes
         main([command, "--step", "jit", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert info.value.code == 2
-    assert err == "error: --step='jit' is not known; expected one of fast, autograd\n"
+    assert err == "error: --step='jit' is not known; expected one of fast, fast_torch, autograd\n"
     assert not (tmp_path / "out").exists()
 
 
