@@ -14,8 +14,9 @@ Cases, each at every batch size asked for:
 * ``plain_ieee``: the same loop without flushing, as a user writes it (its Adam state reaches subnormals too);
 * ``sp``, ``hp`` (full size), ``hp20`` (HP after removing neurons down to about 20% of the weights),
   ``dynhp`` (with its gradient-variance statistic, held at the batch size);
-* with `reference`, the same four on the autograd reference path too (``sp_autograd``, …), in the same rounds:
-  the fast path's gain measured side by side, on one machine at one time.
+* with `reference`, the same four on the slower step paths too, in the same rounds: on the fast path's PyTorch
+  operations without its compiled loops (``sp_fast_torch``, …, beside ``--step fast``) and on the autograd
+  reference path (``sp_autograd``, …): each path's gain measured side by side, on one machine at one time.
 
 The FLOP limit of a case is its network's forward + backward FLOPs for one epoch over the machine's
 measured float32 matmul peak: the time no implementation can beat on this machine. Before the timed
@@ -49,11 +50,12 @@ from torch import nn
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import Dataset
 from dynhp_bench.metrics import epoch_flops, layer_shapes, weight_count
-from dynhp_bench.train import Trainer, flushing_subnormals
+from dynhp_bench.train import STEP_KINDS, Trainer, flushing_subnormals
 
 CASES = ("plain", "plain_ieee", "sp", "hp", "hp20", "dynhp")
 TRAINER_CASES = CASES[2:]
-REFERENCE_SUFFIX = "_autograd"  # the trainer cases timed on the autograd path beside the fast one
+# `reference`: the step paths timed beside the one asked for (those after it in STEP_KINDS), and their cases' suffix.
+REFERENCE_PATHS = {"fast_torch": "_fast_torch", "autograd": "_autograd"}
 DEFAULT_BATCH_SIZES = (16, 100, 512)
 HP20_WIDTH_SHARE = math.sqrt(0.2)  # every layer's width × √0.2 leaves ≈ 20% of the weights
 DEFAULT_WARM_UP_EPOCHS = 1
@@ -140,6 +142,19 @@ class _Runner:
     step: str  # the trainer's step path, or "plain"
 
 
+def reference_paths(step: str, reference: bool) -> list[tuple[str, str]]:
+    """The trainer cases' step paths and case-name suffixes: `step` itself, then with `reference` every slower path
+    (``fast``: ``fast_torch`` and ``autograd``; ``fast_torch``: ``autograd``)."""
+    slower = [(p, s) for p, s in REFERENCE_PATHS.items() if STEP_KINDS.index(p) > STEP_KINDS.index(step)]
+    return [(step, ""), *(slower if reference else [])]
+
+
+def case_names(step: str, reference: bool) -> list[str]:
+    """Every case `run_bench` times, in its order within a round."""
+    trainer_cases = [case + suffix for _, suffix in reference_paths(step, reference) for case in TRAINER_CASES]
+    return [*CASES[:2], *trainer_cases]
+
+
 def _runners(data: Dataset, batch_size: int, device: torch.device, step: str, reference: bool) -> list[_Runner]:
     runners = []
     for case, flush in (("plain", True), ("plain_ieee", False)):
@@ -147,8 +162,7 @@ def _runners(data: Dataset, batch_size: int, device: torch.device, step: str, re
         runners.append(
             _Runner(case, batch_size, functools.partial(plain.run_epoch, batch_size), _shapes_of(plain), "plain")
         )
-    paths = [(step, "")] + ([("autograd", REFERENCE_SUFFIX)] if reference else [])
-    for path, suffix in paths:
+    for path, suffix in reference_paths(step, reference):
         for case in TRAINER_CASES:
             if case == "hp20":
                 trainer = hp20_trainer(data, batch_size, device, step=path)
@@ -190,7 +204,7 @@ def run_bench(
     on_epoch: Callable[[str, int, float], None] | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Time every case at every batch size (our trainer on the `step` path, as `Runtime.step`; with `reference`,
-    its cases on the autograd path too); returns (one row per case and batch size, peak GFLOP/s)."""
+    its cases on every slower path too); returns (one row per case and batch size, peak GFLOP/s)."""
     device = device or torch.device("cpu")
     peak = matmul_peak_gflops(device)
     rows = []

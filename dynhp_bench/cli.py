@@ -21,11 +21,9 @@ import typer
 from dynhp_bench import __version__, kernels, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
 from dynhp_bench.bench import (
-    CASES,
     DEFAULT_BATCH_SIZES,
     DEFAULT_WARM_UP_EPOCHS,
-    REFERENCE_SUFFIX,
-    TRAINER_CASES,
+    case_names,
     run_bench,
     targets,
     train_peak_rss_bytes,
@@ -883,7 +881,8 @@ def bench_command(
     reference: Annotated[
         bool,
         typer.Option(
-            help="Also time sp, hp, hp20 and dynhp on the autograd reference path (sp_autograd, …) in the same rounds"
+            help="Also time sp, hp, hp20 and dynhp on the slower step paths in the same rounds: without the compiled"
+            " loops (sp_fast_torch, …) and on autograd (sp_autograd, …)"
         ),
     ] = False,
     memory: Annotated[bool, typer.Option(help="Also measure the peak resident memory of `train`")] = True,
@@ -908,15 +907,15 @@ def bench_command(
         raise SettingsError(f"--dataset={dataset!r} is not known; expected one of {_choices('dataset')}")
     runtime = Runtime(data_dir=data_dir, results_root=out, threads=threads, device=device, step=step)
     if reference and runtime.step == "autograd":
-        raise SettingsError("--reference times the autograd path beside the fast one; with --step autograd there "
-                            "is nothing to compare: leave one of them out")  # fmt: skip
+        raise SettingsError("--reference times the slower step paths beside the fast one; with --step autograd "
+                            "there is nothing to compare: leave one of them out")  # fmt: skip
     torch_device = runtime.torch_device()
     _note_step(runtime)
     _set_threads(threads)
     root = resolve_data_dir(data_dir)
     data = load_dataset(dataset, root, subset=subset)
     csv_path = out / "bench" / "bench.csv"
-    cases = [*CASES, *(case + REFERENCE_SUFFIX for case in TRAINER_CASES if reference)]
+    cases = case_names(runtime.step, reference)
     width = max(map(len, cases))
     err_console.print(
         f"timing {len(sizes) * len(cases)} cases × {repeats} epochs (after {warm_up_epochs} untimed) on {data.n_train} "

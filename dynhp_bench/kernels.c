@@ -8,6 +8,52 @@
 #include <math.h>
 #include <string.h>
 
+/* Rows of M and W a sweep of `dynhp_weight_pass` (4: 20 % faster than 1 on 300 × 784, one thread). */
+#define SWEEP_ROWS 4
+
+/* Rows k … k + rows − 1 of the pass, `rows` a constant where it is inlined: the column sums are loaded and
+ * stored once for the rows, not once a row. Returns their Σ (M·diag(g))². */
+static inline float weight_pass_rows(const float *m, const float *w, float *grad, const float *restrict gate,
+                                     const float *restrict prob, float wd, float *restrict gate_grad,
+                                     float *restrict column_sq, long k, long in, const long rows, const int has_gate,
+                                     const int has_sq) {
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (long j = 0; j < in; j++) {
+        float gate_sum = has_gate ? gate_grad[j] : 0.0f;
+        float square_sum = column_sq[j];
+        const float gj = has_gate ? gate[j] : 1.0f;
+        const float pj = prob[j];
+        for (long r = 0; r < rows; r++) {
+            const long at = (k + r) * in + j;
+            const float mkj = m[at];
+            const float wkj = w[at];
+            const float data = has_gate ? mkj * gj : mkj;
+            if (has_sq) sq += data * data;
+            if (has_gate) gate_sum += mkj * wkj;
+            square_sum += wkj * wkj;
+            grad[at] = data + wd * wkj * pj;
+        }
+        if (has_gate) gate_grad[j] = gate_sum;
+        column_sq[j] = square_sum;
+    }
+    return sq;
+}
+
+static inline void weight_pass_body(const float *m, const float *w, float *grad, const float *gate,
+                                    const float *prob, float wd, float *gate_grad, float *column_sq, float *grad_sq,
+                                    long out, long in, const int has_gate, const int has_sq) {
+    memset(column_sq, 0, (size_t)in * sizeof(float));
+    if (has_gate) memset(gate_grad, 0, (size_t)in * sizeof(float));
+    float sq = 0.0f;
+    long k = 0;
+    for (; k + SWEEP_ROWS <= out; k += SWEEP_ROWS)
+        sq += weight_pass_rows(m, w, grad, gate, prob, wd, gate_grad, column_sq, k, in, SWEEP_ROWS, has_gate, has_sq);
+    for (; k < out; k++)
+        sq += weight_pass_rows(m, w, grad, gate, prob, wd, gate_grad, column_sq, k, in, 1, has_gate, has_sq);
+    if (has_sq) *grad_sq += sq;
+}
+
 /* One Linear layer's weight gradient, the penalty's weight decay and the sums the rest of the step needs.
  *
  * m (out × in): with a shared gate g, M = δᵀ·h (δ the gradient of the mean data loss w.r.t. the layer's
@@ -16,33 +62,6 @@
  *   gate_grad[j] = Σ_k M[k,j]·W[k,j] (with a gate: d(data loss)/d g_j),
  *   column_sq[j] = Σ_k W[k,j]² (for the gates' L0 charges),
  * and adds Σ (M·diag(g))² to *grad_sq when grad_sq is not NULL (DynHP's ‖ḡ‖², before the decay joins). */
-static inline void weight_pass_body(const float *m, const float *restrict w, float *grad,
-                                    const float *restrict gate, const float *restrict prob, float wd,
-                                    float *restrict gate_grad, float *restrict column_sq, float *restrict grad_sq,
-                                    long out, long in, const int has_gate, const int has_sq) {
-    memset(column_sq, 0, (size_t)in * sizeof(float));
-    if (has_gate) memset(gate_grad, 0, (size_t)in * sizeof(float));
-    float sq = 0.0f;
-    for (long k = 0; k < out; k++) {
-        const float *mk = m + k * in;
-        const float *wk = w + k * in;
-        float *gk = grad + k * in;
-        float row_sq = 0.0f;
-#pragma omp simd reduction(+ : row_sq)
-        for (long j = 0; j < in; j++) {
-            const float mkj = mk[j];
-            const float wkj = wk[j];
-            const float data = has_gate ? mkj * gate[j] : mkj;
-            if (has_sq) row_sq += data * data;
-            if (has_gate) gate_grad[j] += mkj * wkj;
-            column_sq[j] += wkj * wkj;
-            gk[j] = data + wd * wkj * prob[j];
-        }
-        sq += row_sq;
-    }
-    if (has_sq) *grad_sq += sq;
-}
-
 void dynhp_weight_pass(const float *m, const float *w, float *grad, const float *gate, const float *prob, float wd,
                        float *gate_grad, float *column_sq, float *grad_sq, long out, long in) {
     if (gate) {

@@ -17,7 +17,7 @@ from rich.table import Column, Table
 
 from dynhp_bench import report
 from dynhp_bench.baseline import Verdict
-from dynhp_bench.bench import REFERENCE_SUFFIX, Target
+from dynhp_bench.bench import REFERENCE_PATHS, Target
 from dynhp_bench.estimate import Estimate
 from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord, to_mb
 from dynhp_bench.sweep import Snapshot, TrialView, WorkerPlan, epochs_done, group_results
@@ -352,8 +352,10 @@ def print_bench(
         "plain: nn.Sequential + Adam flushing subnormal floats to zero as the trainer does "
         "(the reference of × plain); plain_ieee: the same without flushing"
     )
-    if frame["case"].str.endswith(REFERENCE_SUFFIX).any():
-        caption += f"; *{REFERENCE_SUFFIX}: the same strategy on the autograd reference path, in the same rounds"
+    meaning = {"fast_torch": "on PyTorch operations without the compiled loops", "autograd": "on the autograd path"}
+    for path, suffix in REFERENCE_PATHS.items():
+        if frame["case"].str.endswith(suffix).any():
+            caption += f"; *{suffix}: the same strategy {meaning[path]}, in the same rounds"
     table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s{step}", caption=caption)
     # The case names are never cut short (sp_autograd and hp20_autograd differ at the end); headers wrap instead.
     table.add_column("case", justify="right", no_wrap=True, min_width=int(frame["case"].str.len().max()))

@@ -46,21 +46,23 @@ def test_bench_reference_times_the_trainer_cases_on_both_paths_in_the_same_round
     assert info.value.code == 0, captured.err
     frame = pd.read_csv(tmp_path / "bench" / "bench.csv").set_index("case")
     trainer_cases = ["sp", "hp", "hp20", "dynhp"]
+    suffixes = {"fast": "", "fast_torch": "_fast_torch", "autograd": "_autograd"}
     assert sorted(frame.index) == sorted(
-        ["plain", "plain_ieee", *trainer_cases, *(f"{c}_autograd" for c in trainer_cases)]
+        ["plain", "plain_ieee", *(case + suffix for suffix in suffixes.values() for case in trainer_cases)]
     )
-    assert frame.loc[trainer_cases, "step"].tolist() == ["fast"] * 4
-    assert frame.loc[[f"{c}_autograd" for c in trainer_cases], "step"].tolist() == ["autograd"] * 4
-    assert frame.loc["hp20_autograd", "weights"] == frame.loc["hp20", "weights"] < 0.22 * frame.loc["sp", "weights"]
-    assert "timing 10 cases × 2 epochs" in captured.err and captured.err.count("sp_autograd batch   16") == 2
-    assert "autograd reference path" in captured.out
+    for step, suffix in suffixes.items():
+        assert frame.loc[[case + suffix for case in trainer_cases], "step"].tolist() == [step] * 4
+        assert frame.loc["hp20" + suffix, "weights"] == frame.loc["hp20", "weights"] < 0.22 * frame.loc["sp", "weights"]
+    assert "timing 14 cases × 2 epochs" in captured.err
+    assert captured.err.count("   sp_autograd batch   16") == 2 and captured.err.count("sp_fast_torch batch   16") == 2
+    assert "on the autograd path" in captured.out and "without the compiled loops" in captured.out
 
 
 def test_bench_reference_with_the_autograd_step_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["bench", "--reference", "--step", "autograd", "--data-dir", str(tmp_path / "none")])
     err = capsys.readouterr().err
-    assert info.value.code == 2 and err.count("\n") == 1 and "--reference times the autograd path" in err
+    assert info.value.code == 2 and err.count("\n") == 1 and "--reference times the slower step paths" in err
 
 
 def test_hp20_keeps_about_a_fifth_of_the_weights(synthetic_root: Path) -> None:
