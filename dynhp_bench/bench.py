@@ -19,7 +19,10 @@ Cases, each at every batch size asked for:
   reference path (``sp_autograd``, …): each path's gain measured side by side, on one machine at one time.
 
 The FLOP limit of a case is its network's forward + backward FLOPs for one epoch over the machine's
-measured float32 matmul peak: the time no implementation can beat on this machine. Before the timed
+measured float32 matmul peak (square products), with the usual count of 6 FLOPs per weight and training
+image (2 forward, 4 backward). It is a yardstick rather than a strict bound: the first layer needs no input
+gradient (2 backward FLOPs per weight, not 4), the epoch's test evaluation is not counted, and thin products
+run below the square-matrix peak. Before the timed
 rounds at a batch size, every case trains `warm_up_epochs` untimed epochs over the whole training set, as the
 timed rounds do: one-off costs (kernel selection, allocator, caches) stay out of the timings, and the timed
 epochs see the state a run has after its first epochs (a network trained from scratch for a few hundred steps

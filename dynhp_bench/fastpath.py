@@ -15,6 +15,12 @@ module computes the same step in about a third as many:
   one ``addcmul`` per weight;
 * Adam as one fused call over one tensor, the log α clamp one call, DyPrune's mask one ``masked_fill``.
 
+Under ``--step fast`` a gated network's element-wise passes run as compiled loops (`kernels`, where a C compiler
+is found): per layer one pass over M = δᵀ·h and W for the weight gradient with the penalty's decay, the gates'
+gradient, the column sums of W² and DynHP's ‖ḡ‖²; DynHP's per-example norms one call per layer; the shared
+gates' draw and their chain rule with the penalty one call each. ``--step fast_torch`` (and ``fast`` where the
+loops cannot be built) computes the same with the PyTorch operations above.
+
 Weights, biases and log α are views of one flat buffer (in `GatedMLP.parameters()` order), and so are their
 gradients and Adam's moments: `FastStep.bind` packs them at the start of an epoch's steps (shapes change only
 between epochs), so checkpoints, pruning, EMA and evaluation see ordinary parameters and optimiser state.
@@ -236,6 +242,8 @@ class FastStep:
         gates = sample = pre_clamp = None
         fused = self.kernels
         shared_fused = fused is not None and not self.per_example
+        if fused is not None:
+            xb = xb.contiguous()  # the compiled loops read rows by plain strides (a no-op for a gathered batch)
         if shared_fused:
             assert fused is not None
             gates, sample, pre_clamp = self._draw_fused(fused, totals)
@@ -508,7 +516,8 @@ class FastStep:
 
     def _add_penalty_gradients(self) -> torch.Tensor:
         """`GatedMLP.add_penalty_gradients` on the flat views, but for the weights' decay, which the backward
-        added layer by layer, and the column sums of W², which the forward took; returns the penalty's value."""
+        added layer by layer, and the column sums of W², which the forward (or the compiled weight pass) took;
+        returns the penalty's value."""
         wd, prob = self.weight_decay, self.prob
         charge = torch.add(self.charge_constant, self.column_sq, alpha=0.5 * wd, out=self.column_sq)
         value = torch.add(prob.dot(charge), self.biases_flat.dot(self.biases_flat), alpha=0.5 * wd)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from dynhp_bench import __version__
+from dynhp_bench import __version__, kernels
 from dynhp_bench.architectures import ARCHITECTURES
 from dynhp_bench.augmentation import augmented, column_statistics
 from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
@@ -602,6 +602,8 @@ def config_document(config: TrainConfig, runtime: Runtime, device: torch.device,
             "device": str(device),
             "threads": torch.get_num_threads(),
             "step": runtime.step,
+            # Whether `--step fast` had its compiled loops (`kernels`) on this machine.
+            "compiled_loops": runtime.step == "fast" and device.type == "cpu" and kernels.load() is not None,
             "data_dir": str(data_root),
         },
         "versions": {

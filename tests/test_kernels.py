@@ -7,6 +7,7 @@ order (-ffp-contract=off); sums within 1e-6 of the largest term's scale, since t
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import load_dataset
 from dynhp_bench.fastpath import GATE_SLOPE, FastStep
 from dynhp_bench.gates import BETA, EPS, GAMMA_HC, ZETA, sample_gates
-from dynhp_bench.train import Trainer
+from dynhp_bench.train import Runtime, Trainer, train
 
 SUM_TOLERANCE = 1e-6
 NO_COMPILER = kernels.load() is None
@@ -233,3 +234,16 @@ def test_train_says_when_the_fast_step_has_no_compiled_loops(
         "(as --step fast_torch), up to 1.3 × slower at small batches"
     )
     assert (note in " ".join(err.split())) == noted
+    (run_dir,) = (tmp_path / "out" / "runs").iterdir()
+    runtime = json.loads((run_dir / "config.json").read_text())["runtime"]
+    assert runtime["step"] == step and runtime["compiled_loops"] is False
+
+
+@needs_compiler
+def test_config_json_records_that_the_compiled_loops_ran(synthetic_root: Path, tmp_path: Path) -> None:
+    config = TrainConfig(strategy="sp", epochs=1, batch_size=16, subset=64)
+    recorded = {}
+    for step in ("fast", "fast_torch", "autograd"):
+        result = train(config, Runtime(data_dir=synthetic_root, results_root=tmp_path / step, threads=1, step=step))
+        recorded[step] = json.loads((result.run_dir / "config.json").read_text())["runtime"]["compiled_loops"]
+    assert recorded == {"fast": True, "fast_torch": False, "autograd": False}
