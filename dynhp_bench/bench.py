@@ -22,12 +22,13 @@ The FLOP limit of a case is its network's forward + backward FLOPs for one epoch
 measured float32 matmul peak (square products), with the usual count of 6 FLOPs per weight and training
 image (2 forward, 4 backward). It is a yardstick rather than a strict bound: the first layer needs no input
 gradient (2 backward FLOPs per weight, not 4), the epoch's test evaluation is not counted, and thin products
-run below the square-matrix peak. Before the timed
-rounds at a batch size, every case trains `warm_up_epochs` untimed epochs over the whole training set, as the
-timed rounds do: one-off costs (kernel selection, allocator, caches) stay out of the timings, and the timed
-epochs see the state a run has after its first epochs (a network trained from scratch for a few hundred steps
-had none of the subnormal floats that a real run's first layer and Adam state reach later; the
-trainer flushes them to zero, and this is what shows whether that holds).
+run below the square-matrix peak.
+
+Before the timed rounds at a batch size, every case trains `warm_up_epochs` untimed epochs over the whole
+training set, as the timed rounds do: one-off costs (kernel selection, allocator, caches) stay out of the
+timings, and the timed epochs see the state a run has after its first epochs (a network trained from scratch
+for a few hundred steps had none of the subnormal floats that a real run's first layer and Adam state reach
+later; the trainer flushes them to zero, and this is what shows whether that holds).
 """
 
 from __future__ import annotations
