@@ -970,7 +970,7 @@ def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None
 
 def _note_step(runtime: Runtime) -> None:
     """Say, before any training, when ``--step fast`` cannot have its compiled loops here (it is slower without)."""
-    if runtime.step == "fast" and runtime.torch_device().type == "cpu" and kernels.load() is None:
+    if kernels.wanted(runtime.step, runtime.torch_device()) and kernels.load() is None:
         err_console.print(
             f"[yellow]note:[/] {kernels.unavailable_reason()}; the fast step runs on PyTorch operations alone "
             "(as --step fast_torch), up to 1.3 × slower at small batches",
@@ -981,7 +981,7 @@ def _note_step(runtime: Runtime) -> None:
 
 def _step_label(runtime: Runtime) -> str:
     """The training step as the bench table names it: the kind, and for ``fast`` whether its loops are compiled."""
-    if runtime.step != "fast" or runtime.torch_device().type != "cpu":
+    if not kernels.wanted(runtime.step, runtime.torch_device()):
         return runtime.step
     return "fast (compiled loops)" if kernels.load() is not None else "fast (PyTorch operations)"
 

@@ -100,7 +100,7 @@ class FastStep:
         self.growth_ratio = trainer.growth_ratio
         self.per_example = trainer.config.gate_draws == "example"
         # The compiled loops (`kernels`) for a gated network under ``--step fast``; None: PyTorch operations.
-        self.kernels = kernels.load() if net.gated and trainer.step_kind == "fast" else None
+        self.kernels = kernels.for_step(trainer.step_kind, trainer.device) if net.gated else None
         params = list(net.parameters())
         device = params[0].device
         sizes = [p.numel() for p in params]

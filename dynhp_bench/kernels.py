@@ -122,6 +122,17 @@ def load() -> Kernels | None:
         return None
 
 
+def wanted(step: str, device: torch.device) -> bool:
+    """Whether a run's step asks for the compiled loops: ``--step fast`` on the CPU (the fast path covers no other
+    device, and ``fast_torch`` and ``autograd`` do without them)."""
+    return step == "fast" and device.type == "cpu"
+
+
+def for_step(step: str, device: torch.device) -> Kernels | None:
+    """The compiled loops where the step asks for them and they can be had here, else None."""
+    return load() if wanted(step, device) else None
+
+
 def unavailable_reason() -> str | None:
     """Why `load()` returned None (None when it has not, or has not been called)."""
     return _REASON[-1] if _REASON else None

@@ -603,7 +603,7 @@ def config_document(config: TrainConfig, runtime: Runtime, device: torch.device,
             "threads": torch.get_num_threads(),
             "step": runtime.step,
             # Whether `--step fast` had its compiled loops (`kernels`) on this machine.
-            "compiled_loops": runtime.step == "fast" and device.type == "cpu" and kernels.load() is not None,
+            "compiled_loops": kernels.for_step(runtime.step, device) is not None,
             "data_dir": str(data_root),
         },
         "versions": {

@@ -340,14 +340,9 @@ def print_configurations(configs: pd.DataFrame, *, console: Console | None = Non
     (console or out_console).print(view)
 
 
-def print_bench(
-    frame: pd.DataFrame, *, dataset: str, peak_gflops: float, checks: list[Target], step: str | None = None
-) -> None:
+def print_bench(frame: pd.DataFrame, *, dataset: str, peak_gflops: float, checks: list[Target], step: str) -> None:
     """The bench table (seconds per epoch per case) and whether each speed target holds; `step` names the trainer
-    cases' step (default: the frame's ``step`` column)."""
-    if step is None and "step" in frame.columns:
-        step = str(frame.loc[frame["case"] == "sp", "step"].iloc[0])
-    step = f", {step} step" if step else ""
+    cases' step as the title shows it."""
     caption = (
         "plain: nn.Sequential + Adam flushing subnormal floats to zero as the trainer does "
         "(the reference of × plain); plain_ieee: the same without flushing"
@@ -356,7 +351,9 @@ def print_bench(
     for path, suffix in REFERENCE_PATHS.items():
         if frame["case"].str.endswith(suffix).any():
             caption += f"; *{suffix}: the same strategy {meaning[path]}, in the same rounds"
-    table = Table(title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s{step}", caption=caption)
+    table = Table(
+        title=f"Seconds per epoch, {dataset}, matmul peak {peak_gflops:.0f} GFLOP/s, {step} step", caption=caption
+    )
     # The case names are never cut short (sp_autograd and hp20_autograd differ at the end); headers wrap instead.
     table.add_column("case", justify="right", no_wrap=True, min_width=int(frame["case"].str.len().max()))
     for column in ("batch", "weights", "s/epoch", "FLOP limit s", "× plain", "× FLOP limit"):
