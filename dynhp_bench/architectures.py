@@ -60,6 +60,7 @@ def _build_mlp(config: TrainConfig, input_shape: Shape, generator: torch.Generat
         gated=config.gated,
         drop_rates=[config.drop_rate_input] + [config.drop_rate_hidden] * (len(sizes) - 2),
         generator=generator,
+        zero_biases=config.bias_init == "zeros",
     )
 
 

@@ -311,6 +311,13 @@ def train_command(
             show_default="off",
         ),
     ] = None,
+    bias_init: Annotated[
+        str | None,
+        typer.Option(
+            help=f"{_choices('bias_init')}: the MLP's biases drawn from N(0, 0.01²), or 0 as in the L0 code",
+            show_default="normal",
+        ),
+    ] = None,
     normalize: Annotated[
         bool | None,
         typer.Option(
@@ -339,6 +346,7 @@ def train_command(
         "reset_biases": reset_biases, "growth_loss": growth_loss,
         "growth_variance": growth_variance, "growth_correction": growth_correction,
         "growth_smoothing": growth_smoothing, "ema_decay": ema_decay, "normalize": normalize, "augment": augment,
+        "bias_init": bias_init,
     }  # fmt: skip
     if resume is not None:
         given = sorted(k for k, v in cli_values.items() if v is not None) + (["config"] if config else [])
@@ -381,6 +389,7 @@ SETTING_OPTIONS = (
     "subset", "hidden", "gate_draws", "growth_cadence", "growth_rounding", "lambda_scaling", "validation_split",
     "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
     "growth_loss", "growth_variance", "growth_correction", "growth_smoothing", "ema_decay", "normalize", "augment",
+    "bias_init",
 )  # fmt: skip
 RUNTIME_OPTIONS = ("config", "data_dir", "out", "device", "step")
 FIXED_SETTINGS = "Fixed settings (as for train)"

@@ -22,7 +22,8 @@ the sentence it follows in docs/fidelity.md; the defaults are SPEC's first guess
 And: ``lambda_scaling``: the L0 charge of one gate is λ·out/N (``divide_by_n``, default, the published
 code's scaling in which λ = 0.01 is meaningful) or λ·out (``none``); ``ema_decay``: evaluate with an
 exponential moving average of the parameters, as the published L0 code does with 0.999 (default None:
-raw parameters).
+raw parameters); ``bias_init``: the MLP's biases drawn from N(0, 0.01²) (``normal``, default) or set to 0
+(``zeros``, as the published L0 code's layers do).
 
 Settings added after run ids were first published enter a run id's hash only when they differ from
 their default (`DIGEST_OMITTED_AT_DEFAULT`), so the ids of runs with default settings never change.
@@ -100,6 +101,7 @@ DEFAULT_BATCH_SIZE: dict[tuple[str, str], int] = {
     ("cifar10", "hp"): 128,
     ("cifar10", "dynhp"): 16,
 }
+DEFAULT_BIAS_INIT = "normal"
 FALLBACK_BATCH_SIZE = 128  # also DyPrune's: its published example trains at batch 128
 DEFAULT_VALIDATION_SPLIT = 10_000
 VALIDATION_SHARE = 6  # the published 60,000 = 50,000 + 10,000: a sixth of a subset is held out
@@ -122,6 +124,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "growth_smoothing": ("none", "running"),
     "lambda_scaling": ("divide_by_n", "none"),
     "prune_schedule": ("dynamic", "static"),
+    "bias_init": ("normal", "zeros"),
 }
 _FIELD_DEFAULTS: dict[str, Any] = {
     "lam": 0.01,
@@ -156,6 +159,7 @@ DIGEST_OMITTED_AT_DEFAULT: dict[str, Any] = {
     "validation_split": None,
     "normalize": False,
     "augment": False,
+    "bias_init": "normal",
     **{name: _FIELD_DEFAULTS[name] for name in (
         "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate", "reset_optimizer", "reset_biases",
     )},
@@ -215,6 +219,7 @@ class TrainConfig:
     normalize: bool | None = None
     augment: bool | None = None
     arch: str = DEFAULT_ARCH
+    bias_init: str | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
@@ -227,6 +232,12 @@ class TrainConfig:
                 object.__setattr__(self, name, None)
             elif getattr(self, name) is None:
                 object.__setattr__(self, name, _FIELD_DEFAULTS.get(name))
+        if self.arch == DEFAULT_ARCH and self.bias_init is None:
+            object.__setattr__(self, "bias_init", DEFAULT_BIAS_INIT)
+        elif self.arch != DEFAULT_ARCH and self.bias_init is not None:
+            raise SettingsError(
+                f"--bias-init={self.bias_init!r} does not apply to --arch={self.arch!r}; it sets the MLP's biases"
+            )
         spec = data.DATASETS[self.dataset]
         for name, default in (("normalize", spec.normalize), ("augment", spec.augment)):
             if getattr(self, name) is None:

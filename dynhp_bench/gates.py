@@ -104,6 +104,7 @@ class GatedMLP(GatedNetwork):
         gated: bool = True,
         drop_rates: Sequence[float] | None = None,
         generator: torch.Generator | None = None,
+        zero_biases: bool = False,
     ) -> None:
         super().__init__()
         self.gated = gated
@@ -116,9 +117,10 @@ class GatedMLP(GatedNetwork):
         rates = list(drop_rates) if drop_rates is not None else [0.2] + [0.5] * (len(shapes) - 1)
         for (n_in, n_out), rate in zip(shapes, rates, strict=True):
             # Weights He-normal (fan = inputs) and log α as in the published L0 code. Biases are drawn from
-            # N(0, 0.01²): our choice, not the published L0 layer's, which sets them to 0.
+            # N(0, 0.01²) by default, or set to 0 as the published L0 layer does (`zero_biases`: nothing is drawn
+            # for them, so the draws of later parameters shift).
             weight = torch.randn(n_out, n_in, generator=generator) * math.sqrt(2.0 / n_in)
-            bias = torch.randn(n_out, generator=generator) * 1e-2
+            bias = torch.zeros(n_out) if zero_biases else torch.randn(n_out, generator=generator) * 1e-2
             self.weights.append(nn.Parameter(weight))
             self.biases.append(nn.Parameter(bias))
             if gated:

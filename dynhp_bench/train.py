@@ -485,6 +485,11 @@ class Trainer:
             for param, data in zip(params, trained, strict=True):
                 param.data = data
 
+    @torch.no_grad()
+    def raw_test_error_pct(self) -> float:
+        """The test error (%) of the trained parameters themselves, averaged or not (``ema_decay``)."""
+        return self._test_error_pct()
+
     def _test_error_pct(self) -> float:
         wrong = torch.zeros((), device=self.device, dtype=torch.int64)
         for logits, labels in self._evaluated(self.test_x, self.test_y):
@@ -756,5 +761,9 @@ def _train_holding_lock(
             trainer.on_step = None
     checkpoint(snapshot)
     summary = summarize(config, records, n_train=trainer.n_train, wall_s=earlier_wall_s + time.perf_counter() - started)
+    if trainer.ema is not None:
+        # The average only changes what is evaluated, so the trained parameters are exactly those of the same run
+        # without it: their error is the paired reading of --ema-decay's effect (docs/fidelity.md).
+        summary["final_error_raw_pct"] = trainer.raw_test_error_pct()
     folder.finish(summary)
     return RunResult(folder.path, summary, records)
