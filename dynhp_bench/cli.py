@@ -41,7 +41,16 @@ from dynhp_bench.data import load_dataset, resolve_data_dir
 from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.estimate import estimate as estimate_wall
 from dynhp_bench.estimate import runs_left
-from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, staged_folder, write_text_atomic
+from dynhp_bench.results import (
+    CONFIG_FILE,
+    RUNS_DIR,
+    RunFolder,
+    complete_runs,
+    publish_run,
+    run_path,
+    staged_folder,
+    write_text_atomic,
+)
 from dynhp_bench.sweep import (
     COMPETITOR_SWEEPS,
     PAPER_SWEEPS,
@@ -799,6 +808,31 @@ def _write_competitors(configs: pd.DataFrame, out: Path) -> list[Path]:
             raise ResultsError(f"cannot write figures under {out}: {exc.strerror or exc}") from None
         written += [png, png.with_suffix(".csv")]
     return written
+
+
+@app.command("publish")
+def publish_command(
+    out: Annotated[Path, typer.Option(help="Results root the runs are published into, e.g. results/paper")],
+    results: Annotated[Path, typer.Option(help="Results root holding runs/")] = Path("results"),
+    force: Annotated[bool, typer.Option("--force", help="Replace runs already published in OUT")] = False,
+) -> None:
+    """Copy every complete run of RESULTS into OUT as a folder meant for git.
+
+    Each keeps config.json, summary.json and its completion marker, with epochs.csv compressed (epochs.csv.gz,
+    read by `report` and `check` as it is); checkpoints, locks and exported models stay behind. A `sweep` or
+    `reproduce` with --out OUT counts the published runs as done. Unfinished runs are skipped, and so are runs
+    already in OUT unless --force.
+    """
+    published = kept = 0
+    for folder in complete_runs(results):
+        if RunFolder(run_path(out, folder.path.name)).has_result() and not force:
+            kept += 1
+            continue
+        publish_run(folder, out)
+        published += 1
+    if published + kept == 0:
+        raise ResultsError(f"no complete runs under {results / RUNS_DIR}; expected run folders written by train")
+    out_console.print(f"published {published} run(s) into {out / RUNS_DIR}; {kept} already there")
 
 
 @app.command("export")

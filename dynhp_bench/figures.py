@@ -34,7 +34,7 @@ from dynhp_bench.report import (
     reference_tables,
     select,
 )
-from dynhp_bench.results import EPOCHS_FILE, RUNS_DIR, RunFolder, write_text_atomic
+from dynhp_bench.results import RUNS_DIR, RunFolder, write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)
@@ -54,8 +54,9 @@ def epochs_of(config: pd.Series | None) -> pd.DataFrame:
 
 def _read_epochs(run_dir: Path) -> pd.DataFrame:
     """A run's epochs.csv with every column a number; a damaged one is a ResultsError naming it."""
-    frame = RunFolder(run_dir).read_epochs()
-    path = run_dir / EPOCHS_FILE
+    folder = RunFolder(run_dir)
+    frame = folder.read_epochs()
+    path = folder.epochs_path
     missing = [c for c in EpochRecord.columns() if c not in frame.columns and c not in ("strategy", "dataset")]
     if missing:
         raise ResultsError(f"{path} is damaged: it lacks the column(s) {', '.join(missing)}")
@@ -425,10 +426,11 @@ def calibration_data(results_root: Path) -> pd.DataFrame:
     frames = []
     runs = Path(results_root) / RUNS_DIR
     for path in sorted(runs.iterdir()) if runs.is_dir() else []:
-        if not (path / "config.json").is_file() or not (path / "epochs.csv").is_file():
+        folder = RunFolder(path)
+        if not (path / "config.json").is_file() or not folder.epochs_path.is_file():
             continue
         settings = json.loads((path / "config.json").read_text())["settings"]
-        epochs = pd.read_csv(path / "epochs.csv")
+        epochs = folder.read_epochs()
         if settings.get("strategy") != "dynhp" or epochs.empty:
             continue
         # Eq. 10's cap in force while the epoch trained: the budget less the network the epoch trained.

@@ -53,8 +53,12 @@ def batch_bytes(batch_size: int, sample_bytes_: int) -> int:
     return batch_size * sample_bytes_
 
 
-# The unit of the paper's training memory: the per-epoch memory in MB summed over epochs, divided by 1000.
-TRAINING_MEMORY_UNIT = "×1000 MB·epoch"
+# The paper's training memory ("Training Memory (MBytes)", Tables 2-3) is named and defined here once: every table,
+# figure and terminal line uses these.
+TRAINING_MEMORY_UNIT = "MB"
+TRAINING_MEMORY_DEFINITION = (
+    "Training memory (MB), the paper's: Σ over epochs of the per-epoch memory (model + batch, MB), / 1000."
+)
 
 
 def to_mb(n_bytes: float) -> float:

@@ -23,8 +23,9 @@ from typing import Any
 import pandas as pd
 
 from dynhp_bench.architectures import DEFAULT_ARCH
+from dynhp_bench.config import DIGEST_OMITTED_AT_DEFAULT
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.metrics import TRAINING_MEMORY_UNIT
+from dynhp_bench.metrics import TRAINING_MEMORY_DEFINITION, TRAINING_MEMORY_UNIT
 from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, RunFolder, complete_runs, read_json
 
 PAPER_EPOCHS = 2000
@@ -39,9 +40,15 @@ CONFIG_KEY = ["dataset", "strategy", "batch_size", "alpha_bs", "profile", "epoch
 EXTRA_KEY = [
     "validation_split", "prune_schedule", "prune_interval", "slope_min", "slope_max", "prune_rate",
     "reset_optimizer", "reset_biases", "normalize", "augment", "arch",
+    "ema_decay", "bias_init", "growth_cadence", "growth_rounding", "growth_loss", "growth_variance",
+    "growth_correction", "growth_smoothing", "lambda_scaling", "gate_draws",
 ]  # fmt: skip
 # Settings of the key that count only when on: off reads as None, like a run written before they existed.
 KEY_WHEN_ON = ("normalize", "augment")
+# Settings added after the first runs were written: at the value those runs had, they read as None (absent).
+KEY_LEGACY = {name: DIGEST_OMITTED_AT_DEFAULT[name] for name in (
+    "ema_decay", "bias_init", "growth_loss", "growth_variance", "growth_correction", "growth_smoothing",
+)}  # fmt: skip
 METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb", "nonzero_params", "wall_s"]
 OPTIONAL_METRICS = ["nonzero_params"]  # absent from runs written before it existed
 RUN_LENGTH = ["profile", "epochs", "subset"]
@@ -160,7 +167,9 @@ def configurations(runs: pd.DataFrame) -> pd.DataFrame:
 def select(
     configs: pd.DataFrame, *, dataset: str, strategy: str, batch_size: int, alpha_bs: float | None
 ) -> pd.Series | None:
-    """The configuration matching a paper row at the paper's λ and γ: the one with most epochs, then seeds."""
+    """The configuration matching a paper row at the paper's λ and γ, every other setting that tells configurations
+    apart at its default (so a calibration's variants beside the default runs are never taken for them): the one with
+    most epochs, then seeds."""
     mlp = configs["arch"].map(lambda v: not _present(v)) if "arch" in configs else True  # the paper's are MLPs
     match = configs[
         mlp
@@ -171,9 +180,24 @@ def select(
         & configs["gamma"].map(lambda v: v is None or math.isclose(v, 0.5))
         & configs["alpha_bs"].map(lambda v: _same_alpha(v, alpha_bs))
     ]
+    match = match[[_at_defaults(row) for row in match.to_dict("records")]]
     if match.empty:
         return None
     return match.sort_values(["epochs", "seeds"], ascending=False).iloc[0]
+
+
+def _at_defaults(config: dict[str, Any]) -> bool:
+    """Whether a configuration's settings outside `CONFIG_KEY` are those `train` resolves by default for it."""
+    from dynhp_bench.config import resolve_config
+
+    given: dict[str, object] = {name: config[name] for name in ("dataset", "strategy", "profile")}
+    given |= {"batch_size": int(config["batch_size"]), "epochs": int(config["epochs"])}
+    if _present(config["alpha_bs"]):
+        given["alpha_bs"] = float(config["alpha_bs"])
+    if _present(config["subset"]):
+        given["subset"] = int(config["subset"])  # type: ignore[call-overload]
+    wanted = resolve_config(given)
+    return all(_same(config[k], _key_value(k, getattr(wanted, k))) for k in EXTRA_KEY if k in config)
 
 
 def _arch_key(arch: object) -> object:
@@ -250,7 +274,27 @@ def paper_table(configs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     table["training_memory_minus_paper"] = (
         table["training_memory_at_2000_mb"] - table["paper_training_memory_mb"]
     ).round(3)
+    # The paper's value against ours ± 2 standard deviations over seeds (training memory at the paper's 2,000
+    # epochs, its spread scaled alike); None where one seed gives no spread to judge by.
+    memory_std_at_2000 = table["training_memory_mb_std"] * PAPER_EPOCHS / table["epochs"]
+    for name, ours, spread in (
+        ("error", table["error_pct"], table["error_pct_std"]),
+        ("model_size", table["model_size_mb"], table["model_size_mb_std"]),
+        ("training_memory", table["training_memory_at_2000_mb"], memory_std_at_2000),
+    ):
+        paper = table[f"paper_{name}_mb" if name != "error" else "paper_error_pct"]
+        table[f"paper_{name}_outside_2sd"] = [
+            _outside(p, mean, std, seeds)
+            for p, mean, std, seeds in zip(paper, ours, spread, table["seeds"], strict=True)
+        ]
     return table[TABLE_COLUMNS]
+
+
+def _outside(paper: float, mean: float, std: float, seeds: float) -> bool | None:
+    """Whether `paper` lies outside mean ± 2·std (None with fewer than two seeds or no result)."""
+    if not _present(mean) or not _present(seeds) or seeds < 2:
+        return None
+    return bool(abs(paper - mean) > 2 * std)
 
 
 OURS_COLUMNS = [
@@ -264,7 +308,8 @@ TABLE_COLUMNS = [
     "model_size_minus_paper",
     "training_memory_mb", "training_memory_mb_std", "mean_memory_mb", "training_memory_delta_pct",
     "training_memory_at_2000_mb", "paper_training_memory_mb", "paper_training_memory_delta_pct",
-    "training_memory_minus_paper", "produced_by",
+    "training_memory_minus_paper", "paper_error_outside_2sd", "paper_model_size_outside_2sd",
+    "paper_training_memory_outside_2sd", "produced_by",
 ]  # fmt: skip
 
 
@@ -303,6 +348,13 @@ def _cell(value: float, std: float, seeds: float, digits: int) -> str:
     return text
 
 
+MARK = "†"
+
+
+def _mark(outside: object) -> str:
+    return MARK if outside is True else ""
+
+
 def _pct(value: float) -> str:
     return "" if value is None or math.isnan(value) else f" ({value:+.0f}%)"
 
@@ -313,7 +365,7 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
         f"# Table {TABLE_NUMBER[dataset]}: {DATASET_NAMES[dataset]}",
         "",
         "| method | batch / α_bs | error % (Δ) | paper | model size MB (Δ) | paper | training memory "
-        f"{TRAINING_MEMORY_UNIT} (per-epoch mean MB, Δ) | paper (2,000 epochs) | profile, epochs, seeds |",
+        f"{TRAINING_MEMORY_UNIT} (per-epoch memory MB, Δ) | paper (2,000 epochs) | profile, epochs, seeds |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
@@ -334,19 +386,22 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
         lines.append(
             f"| {row.method} | {config} "
             f"| {_cell(row.error_pct, row.error_pct_std, row.seeds, 2)}{_pct(row.error_delta_pct)} "
-            f"| {row.paper_error_pct:.2f}{_pct(row.paper_error_delta_pct)} "
+            f"| {row.paper_error_pct:.2f}{_mark(row.paper_error_outside_2sd)}{_pct(row.paper_error_delta_pct)} "
             f"| {_cell(row.model_size_mb, row.model_size_mb_std, row.seeds, 3)}{_pct(row.model_size_delta_pct)} "
-            f"| {row.paper_model_size_mb:.3f}{_pct(row.paper_model_size_delta_pct)} "
+            f"| {row.paper_model_size_mb:.3f}{_mark(row.paper_model_size_outside_2sd)}"
+            f"{_pct(row.paper_model_size_delta_pct)} "
             f"| {_cell(row.training_memory_mb, row.training_memory_mb_std, row.seeds, 3)} "
             f"({row.mean_memory_mb:.3f}/epoch){_pct(row.training_memory_delta_pct)} "
-            f"| {row.paper_training_memory_mb:.3f}{_pct(row.paper_training_memory_delta_pct)} "
+            f"| {row.paper_training_memory_mb:.3f}{_mark(row.paper_training_memory_outside_2sd)}"
+            f"{_pct(row.paper_training_memory_delta_pct)} "
             f"| {row.profile}, {int(row.epochs)}, {int(row.seeds)} |"
         )
     epochs = table["epochs"].dropna()
     lines.append("")
     lines.append(
-        "Δ: difference from SP in %, as in the paper. Model size: the final network's weights and biases. "
-        f"Training memory: Σ over epochs of (model + batch) MB / 1000, in {TRAINING_MEMORY_UNIT}."
+        "Δ: difference from SP in %, as in the paper. Ours: mean ± standard deviation over the seeds (the last "
+        f"column's count). {MARK}: the paper's value lies outside our mean ± 2 standard deviations (judged with 2 "
+        f"seeds or more). Model size: the final network's weights and biases. {TRAINING_MEMORY_DEFINITION}"
     )
     if not epochs.empty and epochs.min() < PAPER_EPOCHS:
         span = f"{int(epochs.min())}" if epochs.min() == epochs.max() else f"{int(epochs.min())}–{int(epochs.max())}"
@@ -363,8 +418,8 @@ def table_markdown(table: pd.DataFrame, dataset: str) -> str:
 OWN_TABLE_DATASETS = {"cifar10": "CIFAR-10"}
 OWN_TABLE_NOTE = (
     "Not in the paper's Tables 2-3: the later version of the paper reports CIFAR-10, but its numbers are not in our "
-    "references, so there is no paper column. Δ: difference from SP of the same architecture and run length, in %. "
-    f"Training memory in {TRAINING_MEMORY_UNIT}, its Δ on the per-epoch mean."
+    "references, so there is no paper column. Δ: difference from SP of the same architecture and run length, in %, "
+    f"training memory's on the per-epoch memory. {TRAINING_MEMORY_DEFINITION}"
 )
 OWN_TABLE_COLUMNS = [
     "method", "configuration", "arch", "augment", "normalize", "profile", "epochs", "subset", "seeds",
@@ -417,7 +472,7 @@ def own_table_markdown(table: pd.DataFrame, dataset: str) -> str:
         f"# {OWN_TABLE_DATASETS.get(dataset, dataset)}",
         "",
         f"| method | configuration | arch | augment, normalise | error % (Δ) | model size MB (Δ) | training memory "
-        f"{TRAINING_MEMORY_UNIT} (per-epoch mean MB, Δ) | profile, epochs, seeds |",
+        f"{TRAINING_MEMORY_UNIT} (per-epoch memory MB, Δ) | profile, epochs, seeds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in table.itertuples():
@@ -466,6 +521,8 @@ def _present(value: object) -> bool:
 def _key_value(name: str, value: object) -> object:
     if name == "arch":
         return _arch_key(value)
+    if name in KEY_LEGACY:
+        return None if value is None or value == KEY_LEGACY[name] else value
     return None if name in KEY_WHEN_ON and not value else value
 
 
@@ -558,7 +615,7 @@ def competitors_markdown(table: pd.DataFrame, dataset: str) -> str:
     lines.append(
         "Mean ± standard deviation over seeds. Model size: the weights and biases the final network holds "
         "(dense storage of the surviving neurons); non-zero params: those of them not zero (DyPrune's "
-        "unstructured sparsity). Training memory: Σ over epochs of (model + batch) MB / 1000, as in the paper. "
+        f"unstructured sparsity). {TRAINING_MEMORY_DEFINITION} "
         "DyPrune trains on the training set minus its validation split."
     )
     return "\n".join(lines) + "\n"

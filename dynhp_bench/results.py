@@ -1,7 +1,8 @@
 """Run folders: `<results>/runs/<run_id>/` with config.json, epochs.csv, summary.json and a marker.
 
 * `config.json`: every resolved setting, the runtime (device, threads, data folder) and versions;
-* `epochs.csv`: one row per epoch, appended and flushed as each epoch ends (a crash keeps what ended);
+* `epochs.csv`: one row per epoch, appended and flushed as each epoch ends (a crash keeps what ended); a
+  published folder (`publish_run`) holds it compressed, as `epochs.csv.gz`, and is read alike;
 * `summary.json`: the run's headline numbers, written when it ends;
 * `checkpoint.pt`: the state at an epoch boundary, to resume from (see `checkpoint.py`);
 * `model.safetensors`, `model.onnx`, `inference.json`: the exported final network and its measured
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import gzip
 import io
 import json
 import os
@@ -39,6 +41,9 @@ from dynhp_bench.metrics import EpochRecord
 RUNS_DIR = "runs"
 CONFIG_FILE = "config.json"
 EPOCHS_FILE = "epochs.csv"
+PUBLISHED_EPOCHS_FILE = "epochs.csv.gz"
+# What a published run folder keeps (`publish_run`): the results, never the checkpoint, lock or exported model.
+PUBLISHED_FILES = ("config.json", "summary.json", "inference.json", "COMPLETE")
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 INFERENCE_FILE = "inference.json"
@@ -254,12 +259,20 @@ class RunFolder:
         """The run's summary.json."""
         return read_json(self.path / SUMMARY_FILE)
 
+    @property
+    def epochs_path(self) -> Path:
+        """The run's epochs.csv, or its compressed copy in a published folder (`publish_run`)."""
+        plain = self.path / EPOCHS_FILE
+        published = self.path / PUBLISHED_EPOCHS_FILE
+        return published if not plain.is_file() and published.is_file() else plain
+
     def read_epochs(self) -> pd.DataFrame:
-        """The run's epochs.csv as a DataFrame."""
+        """The run's epochs.csv (or epochs.csv.gz) as a DataFrame."""
+        path = self.epochs_path
         try:
-            return pd.read_csv(self.path / EPOCHS_FILE)
-        except (OSError, ValueError) as exc:
-            raise ResultsError(f"cannot read {self.path / EPOCHS_FILE}: {exc}") from None
+            return pd.read_csv(path)
+        except (OSError, ValueError, EOFError) as exc:
+            raise ResultsError(f"cannot read {path}: {exc}") from None
 
     def _remove(self, name: str) -> None:
         try:
@@ -286,3 +299,35 @@ def complete_runs(results_root: Path) -> Iterator[RunFolder]:
             folder = RunFolder(path)
             if folder.is_complete:
                 yield folder
+
+
+def publish_run(folder: RunFolder, results_root: Path) -> Path:
+    """Copy a complete run into `results_root` as a folder meant for git: config.json, summary.json, the completion
+    marker (and inference.json where `bench --inference` wrote one), with epochs.csv compressed to epochs.csv.gz
+    (byte-stable: no timestamp or name in the gzip header). The checkpoint, the writer lock and exported models stay
+    behind. The copy is written beside its place and renamed into it, so a reader never sees half a run."""
+    if not folder.has_result():
+        raise ResultsError(f"{folder.path} is not a complete run; expected a run folder with its {COMPLETE_MARKER}")
+    target = Path(results_root) / RUNS_DIR / folder.path.name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        try:
+            umask = os.umask(0)
+            os.umask(umask)
+            stage.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the published folder private
+            for name in PUBLISHED_FILES:
+                if (folder.path / name).is_file():
+                    shutil.copyfile(folder.path / name, stage / name)
+            data = folder.epochs_path.read_bytes()
+            if folder.epochs_path.name == EPOCHS_FILE:
+                data = gzip.compress(data, compresslevel=9, mtime=0)
+            (stage / PUBLISHED_EPOCHS_FILE).write_bytes(data)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(stage, target)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+    except OSError as exc:
+        raise ResultsError(f"cannot publish {folder.path} into {results_root}: {exc.strerror or exc}") from None
+    return target

@@ -159,8 +159,8 @@ def print_run_summary(summary: dict[str, Any], run_dir: Path, *, console: Consol
         ("non-zero parameters", f"{summary['nonzero_params']:,}" if "nonzero_params" in summary else "—"),
         (
             "training memory",
-            f"{summary['training_memory_mb']:.3f} {TRAINING_MEMORY_UNIT} over {summary['epochs']} epochs "
-            f"(mean {summary['mean_memory_mb']:.3f} MB per epoch)",
+            f"{summary['training_memory_mb']:.3f} {TRAINING_MEMORY_UNIT} (Σ of {summary['epochs']} epochs' memory "
+            f"/ 1000; per epoch {summary['mean_memory_mb']:.3f} MB on average)",
         ),
         ("batch size", f"{summary['batch_size_initial']:,} → {summary['batch_size_final']:,}"),
         (_units_label(summary), " / ".join(str(a) for a in summary["active_final"])),

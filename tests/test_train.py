@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from dynhp_bench.architectures import ARCHITECTURES
 from dynhp_bench.config import TrainConfig
 from dynhp_bench.data import load_dataset
 from dynhp_bench.metrics import TIMING_COLUMNS, EpochRecord, model_bytes
@@ -251,3 +252,35 @@ def test_normalised_training_images_have_channel_mean_0_and_std_1(cifar_root: Pa
     trainer.remove_units(remove)
     index = torch.tensor([0, 5, 7])
     assert torch.equal(trainer.training_batch(index), batch[index][:, ~remove[0]])
+
+
+@pytest.mark.parametrize("strategy", ["sp", "hp"])
+def test_the_averages_raw_error_is_exactly_the_same_run_without_the_average(
+    synthetic_root: Path, tmp_path: Path, strategy: str
+) -> None:
+    # The parameter average changes what is evaluated, nothing that is trained: the averaged run's trained parameters
+    # are the plain run's, so its final_error_raw_pct is the plain run's final error (the calibration's pairing).
+    settings = {"strategy": strategy, "batch_size": 64, "epochs": 3, "profile": "smoke", "subset": 256}
+    plain = train(TrainConfig(**settings), _runtime(synthetic_root, tmp_path))  # type: ignore[arg-type]
+    averaged = train(TrainConfig(**settings, ema_decay=0.9), _runtime(synthetic_root, tmp_path))  # type: ignore[arg-type]
+    assert "final_error_raw_pct" not in plain.summary
+    assert averaged.summary["final_error_raw_pct"] == plain.summary["final_error_pct"]
+    same = [c for c in EpochRecord.columns() if c not in (*TIMING_COLUMNS, "test_error_pct")]
+    pd.testing.assert_frame_equal(_epochs(averaged.run_dir)[same], _epochs(plain.run_dir)[same])
+    assert not _epochs(averaged.run_dir)["test_error_pct"].equals(_epochs(plain.run_dir)["test_error_pct"])
+
+
+def test_zero_biases_start_at_zero_and_the_default_keeps_its_run_id() -> None:
+    default = TrainConfig(strategy="sp", batch_size=512)
+    assert default.bias_init == "normal"
+    assert TrainConfig(strategy="sp", batch_size=512, bias_init="normal").run_id == default.run_id
+    assert TrainConfig(strategy="sp", batch_size=512, bias_init="zeros").run_id != default.run_id
+    assert default.run_id.endswith(TrainConfig(strategy="sp", batch_size=512, bias_init=None).run_id[-8:])
+    zeros = ARCHITECTURES["mlp"].build(
+        TrainConfig(strategy="sp", bias_init="zeros"), (1, 28, 28), torch.Generator().manual_seed(0)
+    )
+    drawn = ARCHITECTURES["mlp"].build(default, (1, 28, 28), torch.Generator().manual_seed(0))
+    assert all(float(b.detach().abs().max()) == 0.0 for b in zeros.biases)  # type: ignore[union-attr]
+    assert all(0.0 < float(b.detach().std()) < 0.02 for b in drawn.biases)  # type: ignore[union-attr]
+    # The first layer's weights are drawn before any bias, so they agree.
+    assert torch.equal(zeros.weights[0], drawn.weights[0])  # type: ignore[index]

@@ -92,7 +92,7 @@ def test_run_summary_labels_training_memory_and_wall_time_at_80_columns() -> Non
                "active_final": [700, 200, 90], "wall_s": 2591.2, "peak_rss_bytes": 300 * 2**20}  # fmt: skip
     views.print_run_summary(summary, Path("results/runs/x"), console=console)
     text = "\n".join(_fits(console.export_text()))
-    assert "0.020 ×1000 MB·epoch over 20 epochs" in text.replace("\n", " ") or TRAINING_MEMORY_UNIT in text
+    assert f"0.020 {TRAINING_MEMORY_UNIT} (Σ of 20 epochs'" in text and "1.000 MB on average" in text
     assert "0:43:11" in text and "2591.2" not in text
     assert "mnist-dynhp-b16-a0.972-e20-s0-1234abcd" in text
 
