@@ -820,12 +820,13 @@ def publish_command(
 
     Each keeps config.json, summary.json and its completion marker, with epochs.csv compressed (epochs.csv.gz,
     read by `report` and `check` as it is); checkpoints, locks and exported models stay behind. A `sweep` or
-    `reproduce` with --out OUT counts the published runs as done. Unfinished runs are skipped, and so are runs
-    already in OUT unless --force.
+    `reproduce` with --out OUT counts the published runs as done; OUT may be RESULTS itself (the runs such a sweep
+    trained are then published in place). Unfinished runs are skipped, and so are runs already published in OUT
+    unless --force.
     """
     published = kept = 0
     for folder in complete_runs(results):
-        if RunFolder(run_path(out, folder.path.name)).has_result() and not force:
+        if RunFolder(run_path(out, folder.path.name)).is_published and not force:
             kept += 1
             continue
         publish_run(folder, out)

@@ -260,6 +260,17 @@ class RunFolder:
         return read_json(self.path / SUMMARY_FILE)
 
     @property
+    def is_published(self) -> bool:
+        """Whether the folder is a complete run in the published form `publish_run` writes (no checkpoint, no plain
+        epochs.csv)."""
+        return (
+            self.has_result()
+            and (self.path / PUBLISHED_EPOCHS_FILE).is_file()
+            and not (self.path / EPOCHS_FILE).exists()
+            and not self.checkpoint_path.exists()
+        )
+
+    @property
     def epochs_path(self) -> Path:
         """The run's epochs.csv, or its compressed copy in a published folder (`publish_run`)."""
         plain = self.path / EPOCHS_FILE
@@ -305,7 +316,8 @@ def publish_run(folder: RunFolder, results_root: Path) -> Path:
     """Copy a complete run into `results_root` as a folder meant for git: config.json, summary.json, the completion
     marker (and inference.json where `bench --inference` wrote one), with epochs.csv compressed to epochs.csv.gz
     (byte-stable: no timestamp or name in the gzip header). The checkpoint, the writer lock and exported models stay
-    behind. The copy is written beside its place and renamed into it, so a reader never sees half a run."""
+    behind. The copy is written beside its place and renamed into it, so a reader never sees half a run; `results_root`
+    may be the folder's own root (published in place)."""
     if not folder.has_result():
         raise ResultsError(f"{folder.path} is not a complete run; expected a run folder with its {COMPLETE_MARKER}")
     target = Path(results_root) / RUNS_DIR / folder.path.name

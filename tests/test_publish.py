@@ -97,8 +97,14 @@ def test_a_sweep_counts_published_runs_as_done_and_trains_only_what_is_missing(
     assert _cli(["sweep", *args, "--out", str(tmp_path / "published")]) == 0
     assert {p.name: p.read_bytes() for p in kept.iterdir()} == before  # not trained again, not touched
     trained = RunFolder(run_path(tmp_path / "published", second.path.name))
-    assert trained.has_result() and (trained.path / EPOCHS_FILE).is_file()
+    assert trained.has_result() and (trained.path / EPOCHS_FILE).is_file() and not trained.is_published
     assert trained.read_summary()["final_error_pct"] == second.read_summary()["final_error_pct"]
+    # Published in place: the new run takes the published form, the one already published is left as it was.
+    epochs = trained.read_epochs()
+    published = tmp_path / "published"
+    assert _cli(["publish", "--results", str(published), "--out", str(published)]) == 0
+    assert trained.is_published and {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    pd.testing.assert_frame_equal(trained.read_epochs(), epochs)
 
 
 def test_the_paper_table_takes_the_default_settings_not_a_calibrations_variants(tmp_path: Path) -> None:
