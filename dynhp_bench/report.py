@@ -45,10 +45,14 @@ EXTRA_KEY = [
 ]  # fmt: skip
 # Settings of the key that count only when on: off reads as None, like a run written before they existed.
 KEY_WHEN_ON = ("normalize", "augment")
-# Settings added after the first runs were written: at the value those runs had, they read as None (absent).
-KEY_LEGACY = {name: DIGEST_OMITTED_AT_DEFAULT[name] for name in (
-    "ema_decay", "bias_init", "growth_loss", "growth_variance", "growth_correction", "growth_smoothing",
-)}  # fmt: skip
+# Readings and settings at the value every run had before they could be changed read as None (absent), so the keys
+# of those runs (and of committed baselines) stay as they were.
+KEY_LEGACY = {
+    "gate_draws": "batch", "growth_cadence": "epoch", "growth_rounding": "ceil", "lambda_scaling": "divide_by_n",
+    **{name: DIGEST_OMITTED_AT_DEFAULT[name] for name in (
+        "ema_decay", "bias_init", "growth_loss", "growth_variance", "growth_correction", "growth_smoothing",
+    )},
+}  # fmt: skip
 METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb", "nonzero_params", "wall_s"]
 OPTIONAL_METRICS = ["nonzero_params"]  # absent from runs written before it existed
 RUN_LENGTH = ["profile", "epochs", "subset"]
