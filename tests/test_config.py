@@ -102,10 +102,21 @@ def test_growth_readings_are_unused_by_other_strategies() -> None:
         resolve_config({"strategy": "hp", "growth_loss": "objective"})
 
 
-@pytest.mark.parametrize("decay", [0.0, 1.0, -0.5, 1.5, float("nan")])
-def test_ema_decay_outside_the_open_unit_interval_is_refused(decay: float) -> None:
-    with pytest.raises(SettingsError, match=r"--ema-decay=.* is outside \(0, 1\)"):
+@pytest.mark.parametrize("decay", [1.0, -0.5, 1.5, float("nan")])
+def test_ema_decay_outside_zero_to_one_is_refused(decay: float) -> None:
+    with pytest.raises(SettingsError, match=r"--ema-decay=.* is outside \[0, 1\)"):
         resolve_config({"strategy": "sp", "ema_decay": decay})
+
+
+def test_the_paper_profile_evaluates_with_the_average_and_zero_turns_it_off() -> None:
+    paper = resolve_config({"strategy": "sp", "profile": "paper"})
+    assert paper.ema_decay == 0.999 and paper.epochs == 2000
+    explicit = resolve_config({"strategy": "sp", "profile": "paper", "ema_decay": 0.999})
+    assert explicit == paper and explicit.run_id == paper.run_id  # a calibration run with it given is that run
+    off = resolve_config({"strategy": "sp", "profile": "paper", "ema_decay": 0})
+    assert off.ema_decay is None and off.run_id != paper.run_id
+    for profile in ("smoke", "quick"):
+        assert resolve_config({"strategy": "sp", "profile": profile}).ema_decay is None
 
 
 def test_config_round_trips_through_its_dict() -> None:
