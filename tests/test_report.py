@@ -485,3 +485,14 @@ def test_cifar10_runs_get_their_own_table_without_a_paper_column(
     text = (tmp_path / "report" / "cifar10.md").read_text()
     assert "41.00 ± 1.41" in text and "45.10 (+10%)" in text and "numbers are not in our references" in text
     assert pd.read_csv(tmp_path / "report" / "cifar10.csv")["method"].tolist() == ["SP", "HP"]
+
+
+def test_error_figures_leave_their_first_epochs_above_the_axis_and_keep_them_in_the_csv() -> None:
+    epochs = list(range(1, 101))
+    errors = [60.0, 20.0, 9.0, 4.0, 3.0] + [1.5] * 95  # epochs 1-5 are the first 5 %
+    data = pd.DataFrame({"epoch": epochs, "series": "SP (batch 512)", "test_error_pct": errors, "dataset": "mnist"})
+    figure = figures._plot(figures.FIGURES["fig5_error"], data)
+    assert figure.axes[0].get_ylim() == pytest.approx((0.0, 1.5 * 1.08))
+    memory = figures._plot(figures.FIGURES["fig2_memory"], data.rename(columns={"test_error_pct": "memory_mb"}))
+    assert memory.axes[0].get_ylim() == pytest.approx((0.0, 60.0 * 1.08))  # only error figures settle
+    assert figures._settling_epochs(data.head(20), figures.ERROR_SETTLING) == 1  # at least the first epoch
