@@ -42,6 +42,9 @@ EXTRA_KEY = [
 ]  # fmt: skip
 # Settings of the key that count only when on: off reads as None, like a run written before they existed.
 KEY_WHEN_ON = ("normalize", "augment")
+# Settings a run may leave unset (a strategy that does not use them, a full-data run's subset): the index holds them
+# as the Python values summary.json gave (None, 2000, 0.972), for pandas would read [None, 2000] as [nan, 2000.0].
+OPTIONAL_SETTINGS = ["alpha_bs", "lam", "gamma", "subset", *EXTRA_KEY, "n_train"]
 METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb", "nonzero_params", "wall_s"]
 OPTIONAL_METRICS = ["nonzero_params"]  # absent from runs written before it existed
 RUN_LENGTH = ["profile", "epochs", "subset"]
@@ -85,7 +88,15 @@ def index_runs(results_root: Path) -> RunIndex:
             f"no complete runs under {Path(results_root) / RUNS_DIR}; expected run folders written by "
             f"`dynhp-bench train`, `sweep` or `reproduce`"
         )
-    return RunIndex(pd.DataFrame(rows), incomplete)
+    return RunIndex(_index_frame(rows), incomplete)
+
+
+def _index_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """The index's rows as a DataFrame whose optional settings keep the types the run folders gave them."""
+    frame = pd.DataFrame(rows)
+    for name in OPTIONAL_SETTINGS:
+        frame[name] = pd.Series([row[name] for row in rows], index=frame.index, dtype=object)
+    return frame
 
 
 def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -152,8 +163,11 @@ def configurations(runs: pd.DataFrame) -> pd.DataFrame:
     frame["seeds"] = grouped.size()
     frame["run_dirs"] = grouped["run_dir"].agg(lambda dirs: ";".join(sorted(dirs)))
     frame = frame.reset_index()
-    for column in ("alpha_bs", "lam", "gamma", "subset", *EXTRA_KEY):  # settings a strategy does not use: None
-        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    # The group keys come back from pandas re-inferred ([None, 2000] as [nan, 2000.0]): take each configuration's
+    # settings from its first run instead, as the run folders gave them (a setting a strategy does not use: None).
+    first = runs.assign(_group=grouped.ngroup().to_numpy()).drop_duplicates("_group").sort_values("_group")
+    for column in ("alpha_bs", "lam", "gamma", "subset", *EXTRA_KEY):
+        frame[column] = pd.Series([v if _present(v) else None for v in first[column]], dtype=object)
     return frame
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from dynhp_bench import figures, report
 from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
+from dynhp_bench.config import TrainConfig, resolve_config
 from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, to_mb
 from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.train import Runtime, summarize, train
@@ -185,6 +185,39 @@ def test_report_on_partial_results_warns_and_exits_0(tmp_path: Path, capsys: pyt
         assert (tmp_path / "report" / f"{name}.csv").is_file() and (tmp_path / "report" / f"{name}.md").is_file()
     assert len(list((tmp_path / "report").glob("fig[1-7]_*.png"))) == 7
     assert (tmp_path / "report" / "fig8_pareto_mnist.png").is_file()
+
+
+def _smoke(strategy: str) -> TrainConfig:
+    return resolve_config({"strategy": strategy, "profile": "smoke"})
+
+
+def test_settings_read_back_from_run_folders_keep_their_types_in_a_mixed_results_folder(tmp_path: Path) -> None:
+    make_run(tmp_path, _quick("sp", 512, epochs=2), errors=[9.0, 2.0])  # full data: subset None
+    make_run(tmp_path, _smoke("sp"), errors=[9.0, 3.0])  # the first 2,000 images: subset 2000
+    make_run(tmp_path, _smoke("dyprune"), errors=[9.0, 4.0])
+    runs = report.index_runs(tmp_path).runs
+    configs = report.configurations(runs)
+    for frame in (runs, configs):
+        assert sorted(frame["subset"], key=str) == [2000, 2000, None]
+        assert all(type(v) is int for v in frame["subset"] if v is not None)  # not 2000.0
+        assert all(v is None or type(v) is int for v in frame["validation_split"])
+        assert sorted(v for v in frame["validation_split"] if v is not None) == [333]  # a sixth of 2,000
+    entries = report.competitor_entries(Path(__file__).parents[1] / "sweeps" / "competitors_mnist.toml")
+    table = report.competitors_table(configs, entries)  # it resolves the settings at each run length
+    assert sorted(zip(table["group"], table["profile"], strict=True)) == [
+        ("dyprune-dynamic", "smoke"), ("sp", "quick"), ("sp", "smoke"),
+    ]  # fmt: skip
+
+
+def test_report_paper_tables_on_full_data_and_smoke_runs_together_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_run(tmp_path, _quick("dynhp", 16, epochs=2), errors=[9.0, 2.0])  # the README's first example, shortened
+    make_run(tmp_path, _smoke("sp"), errors=[9.0, 3.0])
+    code, _, err = _run_cli(["report", "--paper-tables", "--results", str(tmp_path)], capsys)
+    assert code == 0 and "error:" not in err, err
+    frame = pd.read_csv(tmp_path / "report" / "competitors_mnist.csv")
+    assert sorted(zip(frame["group"], frame["profile"], strict=True)) == [("dynhp", "quick"), ("sp", "smoke")]
 
 
 def test_report_without_results_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
