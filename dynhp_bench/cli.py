@@ -38,7 +38,7 @@ from dynhp_bench.config import (
     resolve_config,
 )
 from dynhp_bench.data import load_dataset, resolve_data_dir
-from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
+from dynhp_bench.errors import SHOWN_CHARS, DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.estimate import estimate as estimate_wall
 from dynhp_bench.estimate import runs_left
 from dynhp_bench.results import CONFIG_FILE, RunFolder, run_path, staged_folder, write_text_atomic
@@ -1023,9 +1023,18 @@ def _positive_ints(flag: str, text: str) -> list[int]:
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
+MAX_WORD_CHARS = 200  # a longer run without spaces is a value pasted whole, not a word or a path
+MAX_MESSAGE_CHARS = 2000
+_LONG_WORD = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
+
+
 def _one_line(message: str) -> str:
-    """A message fit for one terminal line: control characters escaped, URL passwords masked."""
-    return mask_url(message.translate(_CONTROL))
+    """A message fit for one terminal line: control characters escaped, URL passwords masked, and (whatever raised
+    it) no value echoed whole: a run of more than `MAX_WORD_CHARS` characters without a space is cut to its start,
+    "…" and its length, and the message to `MAX_MESSAGE_CHARS`."""
+    line = mask_url(message.translate(_CONTROL))
+    line = _LONG_WORD.sub(lambda m: f"{m.group()[:SHOWN_CHARS]}… ({len(m.group()):,} characters)", line)
+    return line if len(line) <= MAX_MESSAGE_CHARS else f"{line[:MAX_MESSAGE_CHARS]}… ({len(line):,} characters)"
 
 
 def _usage_message(exc: typer.TyperException, args: Sequence[str]) -> str:
