@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 
 from dynhp_bench.architectures import DEFAULT_ARCH
-from dynhp_bench.errors import ResultsError
+from dynhp_bench.errors import ResultsError, SettingsError, shown
 from dynhp_bench.metrics import TRAINING_MEMORY_UNIT
-from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, RunFolder, complete_runs, read_json
+from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, SUMMARY_FILE, RunFolder, complete_runs, read_json
 
 PAPER_EPOCHS = 2000
 METHODS = {"SP": "sp", "HP": "hp", "DynHP": "dynhp", "Dense": "dense"}
@@ -125,15 +125,15 @@ def _summary_row(folder: RunFolder) -> dict[str, object]:
         "run_dir": str(folder.path),
         "dataset": settings.get("dataset", summary.get("dataset")),
         "strategy": settings.get("strategy", summary.get("strategy")),
-        "batch_size": int(settings.get("batch_size", summary.get("batch_size_initial", 0))),
+        "batch_size": _count("batch_size", settings.get("batch_size", summary.get("batch_size_initial"))),
         "alpha_bs": settings.get("alpha_bs"),
         "profile": settings.get("profile", summary.get("profile")),
-        "epochs": int(summary["epochs"]),
+        "epochs": _count("epochs", summary["epochs"]),
         "lam": settings.get("lambda"),
         "gamma": settings.get("gamma"),
         "subset": settings.get("subset"),
         **{name: _key_value(name, settings.get(name)) for name in EXTRA_KEY},
-        "seed": int(summary["seed"]),
+        "seed": _count("seed", summary["seed"], low=0),
         "n_train": summary.get("n_train"),
         # Runs written before a metric existed (nonzero_params) read it as NaN.
         **{metric: float(summary.get(metric, math.nan)) for metric in OPTIONAL_METRICS},
@@ -142,14 +142,24 @@ def _summary_row(folder: RunFolder) -> dict[str, object]:
     for name in ("dataset", "strategy", "profile"):
         if not isinstance(row[name], str):
             raise TypeError(f"{name} is {row[name]!r}, not a name")
-    for name in ("alpha_bs", "lam", "gamma", "subset"):
+    for name in ("alpha_bs", "lam", "gamma", "subset", "n_train"):
         value = row[name]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise TypeError(f"{name} is {value!r}, not a number")
+            raise TypeError(f"{name} is {shown(value)}, not a number")
+    for name in EXTRA_KEY:  # configurations are keyed by them: one value each, not an array or an object
+        if not isinstance(row[name], str | int | float | bool | None):
+            raise TypeError(f"{name} is {shown(row[name])}, not a setting's value")
     for metric in METRICS:
         if metric not in OPTIONAL_METRICS and not math.isfinite(row[metric]):  # type: ignore[arg-type]
             raise ValueError(f"{metric} is {row[metric]}")
     return row
+
+
+def _count(name: str, value: object, *, low: int = 1) -> int:
+    """A count of summary.json as written (int() would read 0.5 epochs as 0, then a setting never typed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} is {shown(value)}, not an integer ≥ {low}")
+    return value
 
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:
@@ -529,7 +539,15 @@ def competitors_table(configs: pd.DataFrame, entries: list[tuple[str, dict[str, 
     for profile, epochs, subset in lengths:
         for name, settings in entries:
             length = {"profile": profile, "epochs": int(epochs), "subset": None if not _present(subset) else subset}
-            wanted = resolve_config({**settings, **length})
+            try:
+                wanted = resolve_config({**settings, **length})
+            except SettingsError as exc:  # the run length came from summary.json: name the one it came from
+                runs = configs[[all(_same(row[k], v) for k, v in length.items()) for _, row in configs.iterrows()]]
+                summary = Path(str(runs["run_dirs"].iloc[0]).split(";")[0]) / SUMMARY_FILE
+                raise ResultsError(
+                    f"{summary}: its run length ({exc}) is not one `dynhp-bench train` makes; expected the summary "
+                    "it writes (train the run again with --force, or remove its folder)"
+                ) from None
             match = configs[
                 configs.apply(
                     lambda row, w=wanted: all(

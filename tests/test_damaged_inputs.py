@@ -752,3 +752,73 @@ def test_a_400_digit_count_on_the_command_line_is_one_line(
 ) -> None:
     code, _, err = run_cli(["train", flag, "9" * 400, "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and err.count("\n") == 1 and f"{flag}=1.000e+400 is not valid" in err, err[:300]
+
+
+# --- wrong JSON types in the fields of a run folder's summary.json and a baseline ------------------------------------
+
+JSON_VALUES = st.sampled_from(["x", 3, 0.5, True, None, [1, 2], {"a": 1}, [], {}, -1, 10**30])
+
+
+def _json_paths(document: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path of a JSON document's objects (arrays are values)."""
+    if not isinstance(document, dict):
+        return []
+    return [path for key, value in document.items() for path in [(*prefix, key), *_json_paths(value, (*prefix, key))]]
+
+
+def _set(document: dict[str, object], path: tuple[str, ...], value: object) -> None:
+    for key in path[:-1]:
+        document = document[key]  # type: ignore[assignment]
+    document[path[-1]] = value
+
+
+@settings(EXAMPLES, max_examples=40)
+@given(pick=st.integers(0, 10_000), value=JSON_VALUES)
+def test_a_summary_field_of_the_wrong_json_type_is_read_or_refused_naming_it(
+    finished: Path, pick: int, value: object
+) -> None:
+    from dynhp_bench.baseline import compare, read_baseline
+
+    with scratch() as tmp:
+        shutil.copytree(finished, tmp / "root")
+        results = tmp / "root" / "results"
+        (run,) = (results / "runs").iterdir()
+        summary = json.loads((run / "summary.json").read_text())
+        paths = _json_paths(summary)
+        _set(summary, paths[pick % len(paths)], value)
+        (run / "summary.json").write_text(json.dumps(summary))
+        try:
+            index = report.index_runs(results)
+            configs = report.configurations(index.runs)
+            report.dataset_table(index.runs)
+            for dataset in report.TABLE_NUMBER:
+                report.paper_table(configs, dataset)
+            entries = report.competitor_entries(Path(__file__).parents[1] / "sweeps" / "competitors_mnist.toml")
+            report.competitors_table(configs, entries)
+            compare(read_baseline(tmp / "root" / "baseline.json"), index.runs)
+        except ResultsError as exc:
+            assert str(run / "summary.json") in str(exc), exc
+
+
+@settings(EXAMPLES, max_examples=40)
+@given(pick=st.integers(0, 10_000), value=JSON_VALUES)
+def test_a_baseline_field_of_the_wrong_json_type_is_read_or_refused_naming_it(
+    finished: Path, pick: int, value: object
+) -> None:
+    from dynhp_bench.baseline import compare, read_baseline
+
+    with scratch() as tmp:
+        baseline = json.loads((finished / "baseline.json").read_text())
+        paths = [*_json_paths(baseline), ("configurations",)]
+        entry = baseline["configurations"][0]
+        paths += [("configurations", 0, *p) for p in _json_paths(entry)]  # type: ignore[misc]
+        path = paths[pick % len(paths)]
+        target = baseline
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        (tmp / "baseline.json").write_text(json.dumps(baseline))
+        try:
+            compare(read_baseline(tmp / "baseline.json"), report.index_runs(finished / "results").runs)
+        except ResultsError as exc:
+            assert str(tmp / "baseline.json") in str(exc), exc
