@@ -17,6 +17,7 @@ from typing import Annotated, Any, get_args
 import pandas as pd
 import torch
 import typer
+from rich.markup import escape
 
 from dynhp_bench import __version__, kernels, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
@@ -76,9 +77,11 @@ from dynhp_bench.views import (
     print_check,
     print_configurations,
     print_inference,
+    print_lines,
     print_paper_table,
     print_run_summary,
     print_sweep_summary,
+    sweep_header,
 )
 
 app = typer.Typer(
@@ -630,25 +633,20 @@ def _run_sweep(
     if target.journal is not None:
         note = repair_journal(target.journal)
         if note:
-            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+            print_lines(err_console, f"[yellow]warning:[/] {escape(note)}", markup=True)
     check_storage(target)
     plan = WorkerPlan(sweep, target, runtime, heartbeat_s=heartbeat_s)
     runs = len({p.run_id for p in sweep.points})
     trials = sum(g.size for g in sweep.groups)
-    shared = f" ({runs} distinct runs: a run in two groups trains once)" if runs != trials else ""
-    threads_text = runtime.threads or "1 below batch 256, else free cores ÷ workers"
-    err_console.print(
-        f"[bold]sweep {sweep.name}[/]: {len(sweep.groups)} group(s), {trials} trials{shared}, {workers} worker(s) × "
-        f"{threads_text} thread(s), studies in {target.shown}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    header = sweep_header(sweep.name, groups=len(sweep.groups), trials=trials, runs=runs, workers=workers,
+                          threads=runtime.threads, storage=target.shown)  # fmt: skip
+    print_lines(err_console, header)
     _print_plan(sweep, runtime, estimate=estimate)
     try:
         with SweepProgress(plan, enabled=not quiet) as progress:
             outcome = run_pool(plan, workers=workers, on_update=progress.update)
     except KeyboardInterrupt:
-        err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        print_lines(err_console, INTERRUPTED)
         raise
     print_sweep_summary(plan, outcome.final)
     return _sweep_status(outcome)
@@ -659,7 +657,7 @@ def _print_plan(sweep: Sweep, runtime: Runtime, *, estimate: bool) -> None:
     left = runs_left(sweep, runtime.results_root)
     wall = estimate_wall(left, runtime) if estimate and left else None
     epochs_left = sum(run.epochs_left for run in left)
-    err_console.print(plan_line(len(left), epochs_left, wall), highlight=False, soft_wrap=True)
+    print_lines(err_console, plan_line(len(left), epochs_left, wall))
 
 
 def _sweep_status(outcome: PoolOutcome) -> int:
@@ -668,17 +666,16 @@ def _sweep_status(outcome: PoolOutcome) -> int:
             err_console.print(f"worker {ended.pid} was ended by signal {-ended.returncode}", highlight=False)
     codes = {ended.returncode for ended in outcome.exits}
     if 130 in codes:
-        err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        print_lines(err_console, INTERRUPTED)
         return 130
     if 2 in codes:
         return 2  # the worker printed its one-line error
     final = outcome.final
     if final.done < final.total:
-        err_console.print(
+        print_lines(
+            err_console,
             f"sweep unfinished: {final.total - final.done} of {final.total} trials left; "
             "run the same command again to finish it",
-            highlight=False,
-            soft_wrap=True,
         )
         return 1
     return 0
@@ -984,7 +981,6 @@ def _note_step(runtime: Runtime) -> None:
             f"[yellow]note:[/] {kernels.unavailable_reason()}; the fast step runs on PyTorch operations alone "
             "(as --step fast_torch), up to 1.3 × slower at small batches",
             highlight=False,
-            soft_wrap=True,
         )
 
 
