@@ -518,3 +518,63 @@ def test_cifar10_runs_get_their_own_table_without_a_paper_column(
     text = (tmp_path / "report" / "cifar10.md").read_text()
     assert "41.00 ± 1.41" in text and "45.10 (+10%)" in text and "numbers are not in our references" in text
     assert pd.read_csv(tmp_path / "report" / "cifar10.csv")["method"].tolist() == ["SP", "HP"]
+
+
+def _crowded_competitors(root: Path) -> None:
+    """22 configurations at one run length as the quick competitors and figures give them: SP and HP at every batch
+    (equal memory at small batches), DynHP at five α_bs on one spot, DyPrune twice, dense."""
+    for batch in (16, 32, 64, 100, 128, 256, 512):
+        make_run(root, _quick("sp", batch), errors=[9.0, 5.0, 2.0 + batch / 200])
+        make_run(root, _quick("hp", batch), errors=[9.0, 5.0, 2.0 + batch / 200 + 0.01],
+                 model_bytes=[FULL_BYTES, FULL_BYTES - 10, FULL_BYTES - 10])  # fmt: skip
+    for alpha in (0.971, 0.972, 0.973, 0.974, 0.975):
+        make_run(root, _quick("dynhp", 16, alpha_bs=alpha), errors=[9.0, 5.0, 1.9])
+    for schedule in ("dynamic", "static"):
+        make_run(root, _quick("dyprune", 128, prune_schedule=schedule), errors=[9.0, 5.0, 2.8], nonzero=9_000)
+    make_run(root, _quick("dense", 512), errors=[9.0, 5.0, 1.8])
+
+
+def test_figure_8_names_every_configuration_with_labels_that_do_not_collide(tmp_path: Path) -> None:
+    _crowded_competitors(tmp_path)
+    data = figures.pareto_data(report.configurations(report.index_runs(tmp_path).runs), "mnist")
+    assert len(data) == 22
+    figure = figures.plot_pareto(data, "mnist")
+    ax = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    notes = [child for child in ax.get_children() if isinstance(child, figures.matplotlib.text.Annotation)]
+    text = " ".join(note.get_text() for note in notes)
+    merged = {"dynhp b16 α": "dynhp b16 α0.971–0.975 (5)", "dyprune b128": "dyprune b128 dynamic = static"}
+    for label in data["label"]:  # every configuration is named: by its label, or merged with those on its spot
+        assert label in text or any(label.startswith(k) and v in text for k, v in merged.items()), label
+    assert len(notes) < len(data)  # configurations on one spot share one label (DynHP's five, SP/HP at batch 16)
+    boxes = [note.get_window_extent(renderer) for note in notes]
+    inside = ax.get_window_extent(renderer)
+    for i, box in enumerate(boxes):
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+        for other in boxes[i + 1 :]:
+            assert not box.overlaps(other), (notes[i].get_text(), "collides")
+    ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert 3 <= len(ticks) <= 8 and len(set(ticks)) == len(ticks), ticks
+    assert all(len(t) <= 6 for t in ticks), ticks  # 0.0125, not 0.0125000
+    figures.plt.close(figure)
+
+
+def test_tick_labels_take_the_fewest_digits_that_tell_them_apart() -> None:
+    ticks = figures.DistinctTicks()
+    assert ticks.format_ticks([0.0025, 0.003, 0.0035]) == ["0.0025", "0.003", "0.0035"]
+    assert ticks.format_ticks([0.021809, 0.021812, 0.021815]) == ["0.021809", "0.021812", "0.021815"]
+    assert ticks.format_ticks([0.01, 0.02, 0.05, 0.1]) == ["0.01", "0.02", "0.05", "0.1"]
+
+
+def test_configurations_on_one_spot_share_one_short_label() -> None:
+    def rows(*labels: tuple[str, int, float | None, str | None]) -> pd.DataFrame:
+        frame = pd.DataFrame(labels, columns=["strategy", "batch_size", "alpha_bs", "prune_schedule"])
+        frame["label"] = [report.configuration_label(row) for _, row in frame.iterrows()]
+        return frame
+
+    assert figures.group_label(rows(("sp", 16, None, None))) == "sp b16"
+    assert figures.group_label(rows(("sp", 16, None, None), ("hp", 16, None, None))) == "hp b16 = sp b16"
+    five = rows(*(("dynhp", 16, a, None) for a in (0.975, 0.971, 0.972, 0.973, 0.974)))
+    assert figures.group_label(five) == "dynhp b16 α0.971–0.975 (5)"
+    two = rows(("dyprune", 128, None, "static"), ("dyprune", 128, None, "dynamic"))
+    assert figures.group_label(two) == "dyprune b128 dynamic = static"
