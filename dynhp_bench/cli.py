@@ -17,6 +17,7 @@ from typing import Annotated, Any, get_args
 import pandas as pd
 import torch
 import typer
+from rich.markup import escape
 
 from dynhp_bench import __version__, kernels, report
 from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
@@ -38,7 +39,7 @@ from dynhp_bench.config import (
     resolve_config,
 )
 from dynhp_bench.data import load_dataset, resolve_data_dir
-from dynhp_bench.errors import DynhpError, Interrupted, ResultsError, SettingsError
+from dynhp_bench.errors import SHOWN_CHARS, DynhpError, Interrupted, ResultsError, SettingsError
 from dynhp_bench.estimate import estimate as estimate_wall
 from dynhp_bench.estimate import runs_left
 from dynhp_bench.results import (
@@ -85,9 +86,11 @@ from dynhp_bench.views import (
     print_check,
     print_configurations,
     print_inference,
+    print_lines,
     print_paper_table,
     print_run_summary,
     print_sweep_summary,
+    sweep_header,
 )
 
 app = typer.Typer(
@@ -639,25 +642,20 @@ def _run_sweep(
     if target.journal is not None:
         note = repair_journal(target.journal)
         if note:
-            err_console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+            print_lines(err_console, f"[yellow]warning:[/] {escape(note)}", markup=True)
     check_storage(target)
     plan = WorkerPlan(sweep, target, runtime, heartbeat_s=heartbeat_s)
     runs = len({p.run_id for p in sweep.points})
     trials = sum(g.size for g in sweep.groups)
-    shared = f" ({runs} distinct runs: a run in two groups trains once)" if runs != trials else ""
-    threads_text = runtime.threads or "1 below batch 256, else free cores ÷ workers"
-    err_console.print(
-        f"[bold]sweep {sweep.name}[/]: {len(sweep.groups)} group(s), {trials} trials{shared}, {workers} worker(s) × "
-        f"{threads_text} thread(s), studies in {target.shown}",
-        highlight=False,
-        soft_wrap=True,
-    )
+    header = sweep_header(sweep.name, groups=len(sweep.groups), trials=trials, runs=runs, workers=workers,
+                          threads=runtime.threads, storage=target.shown)  # fmt: skip
+    print_lines(err_console, header)
     _print_plan(sweep, runtime, estimate=estimate)
     try:
         with SweepProgress(plan, enabled=not quiet) as progress:
             outcome = run_pool(plan, workers=workers, on_update=progress.update)
     except KeyboardInterrupt:
-        err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        print_lines(err_console, INTERRUPTED)
         raise
     print_sweep_summary(plan, outcome.final)
     return _sweep_status(outcome)
@@ -668,7 +666,7 @@ def _print_plan(sweep: Sweep, runtime: Runtime, *, estimate: bool) -> None:
     left = runs_left(sweep, runtime.results_root)
     wall = estimate_wall(left, runtime) if estimate and left else None
     epochs_left = sum(run.epochs_left for run in left)
-    err_console.print(plan_line(len(left), epochs_left, wall), highlight=False, soft_wrap=True)
+    print_lines(err_console, plan_line(len(left), epochs_left, wall))
 
 
 def _sweep_status(outcome: PoolOutcome) -> int:
@@ -677,17 +675,16 @@ def _sweep_status(outcome: PoolOutcome) -> int:
             err_console.print(f"worker {ended.pid} was ended by signal {-ended.returncode}", highlight=False)
     codes = {ended.returncode for ended in outcome.exits}
     if 130 in codes:
-        err_console.print(INTERRUPTED, highlight=False, soft_wrap=True)
+        print_lines(err_console, INTERRUPTED)
         return 130
     if 2 in codes:
         return 2  # the worker printed its one-line error
     final = outcome.final
     if final.done < final.total:
-        err_console.print(
+        print_lines(
+            err_console,
             f"sweep unfinished: {final.total - final.done} of {final.total} trials left; "
             "run the same command again to finish it",
-            highlight=False,
-            soft_wrap=True,
         )
         return 1
     return 0
@@ -1019,7 +1016,6 @@ def _note_step(runtime: Runtime) -> None:
             f"[yellow]note:[/] {kernels.unavailable_reason()}; the fast step runs on PyTorch operations alone "
             "(as --step fast_torch), up to 1.3 × slower at small batches",
             highlight=False,
-            soft_wrap=True,
         )
 
 
@@ -1058,9 +1054,18 @@ def _positive_ints(flag: str, text: str) -> list[int]:
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"}
 
 
+MAX_WORD_CHARS = 200  # a longer run without spaces is a value pasted whole, not a word or a path
+MAX_MESSAGE_CHARS = 2000
+_LONG_WORD = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
+
+
 def _one_line(message: str) -> str:
-    """A message fit for one terminal line: control characters escaped, URL passwords masked."""
-    return mask_url(message.translate(_CONTROL))
+    """A message fit for one terminal line: control characters escaped, URL passwords masked, and (whatever raised
+    it) no value echoed whole: a run of more than `MAX_WORD_CHARS` characters without a space is cut to its start,
+    "…" and its length, and the message to `MAX_MESSAGE_CHARS`."""
+    line = mask_url(message.translate(_CONTROL))
+    line = _LONG_WORD.sub(lambda m: f"{m.group()[:SHOWN_CHARS]}… ({len(m.group()):,} characters)", line)
+    return line if len(line) <= MAX_MESSAGE_CHARS else f"{line[:MAX_MESSAGE_CHARS]}… ({len(line):,} characters)"
 
 
 def _usage_message(exc: typer.TyperException, args: Sequence[str]) -> str:

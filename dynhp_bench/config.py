@@ -40,18 +40,22 @@ like-for-like comparison, since DyPrune then trains on fewer images than the pap
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import math
 import tomllib
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from dynhp_bench import data
 from dynhp_bench.architectures import ARCHITECTURES, DEFAULT_ARCH
-from dynhp_bench.errors import SettingsError
+from dynhp_bench.errors import SettingsError, shown
 from dynhp_bench.metrics import batch_bytes, layer_shapes, sample_bytes
 from dynhp_bench.strategies import STRATEGIES
 
@@ -234,7 +238,7 @@ class TrainConfig:
         for name, allowed in CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed:
-                raise SettingsError(f"{_flag(name)}={value!r} is not known; expected one of {', '.join(allowed)}")
+                raise SettingsError(f"{_flag(name)}={shown(value)} is not known; expected one of {', '.join(allowed)}")
         # Unused settings are None; used ones left None take their defaults (dataset-dependent for DynHP).
         for name, used_by in USED_BY.items():
             if self.strategy not in used_by:
@@ -252,7 +256,7 @@ class TrainConfig:
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
             elif not isinstance(getattr(self, name), bool):
-                raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected true or false")
+                raise SettingsError(f"{_flag(name)}={shown(getattr(self, name))} is not valid; expected true or false")
         budget_given = self.budget_bytes is not None
         if self.strategy == "dynhp":
             if self.alpha_bs is None:
@@ -273,9 +277,10 @@ class TrainConfig:
         if self.subset is not None:
             _check_int("subset", self.subset, low=1, high=MAX_SUBSET)
         if not _is_hidden(self.hidden):
-            shown = ",".join(str(h) for h in self.hidden) if isinstance(self.hidden, tuple) else self.hidden
+            widths = ",".join(str(h) for h in self.hidden) if isinstance(self.hidden, tuple) else self.hidden
             raise SettingsError(
-                f"--hidden={shown!r} is not valid; expected two positive layer widths (≤ {MAX_WIDTH}) like 300,100"
+                f"--hidden={shown(widths)} is not valid; expected two positive layer widths (≤ {MAX_WIDTH}) "
+                "like 300,100"
             )
         _check_open("lr", self.lr, 0.0, math.inf)
         _check_range("weight_decay", self.weight_decay, 0.0, math.inf)
@@ -298,7 +303,7 @@ class TrainConfig:
             _check_int("prune_interval", self.prune_interval, low=1, high=MAX_EPOCHS)
         for name in ("slope_min", "slope_max"):
             if getattr(self, name) is not None and not _is_number(getattr(self, name)):
-                raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected a number")
+                raise SettingsError(f"{_flag(name)}={shown(getattr(self, name))} is not valid; expected a number")
         if self.slope_min is not None and self.slope_max is not None and self.slope_min > self.slope_max:
             raise SettingsError(
                 f"--slope-min={self.slope_min} is above --slope-max={self.slope_max}; expected min ≤ max"
@@ -307,7 +312,7 @@ class TrainConfig:
             _check_range("prune_rate", self.prune_rate, 0.0, 1.0)
         for name in ("reset_optimizer", "reset_biases"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
-                raise SettingsError(f"{_flag(name)}={getattr(self, name)!r} is not valid; expected true or false")
+                raise SettingsError(f"{_flag(name)}={shown(getattr(self, name))} is not valid; expected true or false")
         if self.ema_decay is not None:
             if not _is_number(self.ema_decay) or not 0.0 <= self.ema_decay < 1.0:
                 raise SettingsError(
@@ -399,7 +404,7 @@ def resolve_config(cli: Mapping[str, Any], *, settings_file: Path | None = None)
     except SettingsError as exc:
         text = str(exc)
         file_only = set(from_file) - set(from_cli)
-        if any(f"{_flag(k)}=" in text or repr(k) in text for k in file_only) or text.startswith("settings could"):
+        if any(f"{_flag(k)}=" in text or shown(k) in text for k in file_only) or text.startswith("settings could"):
             raise SettingsError(f"settings file {str(settings_file)!r}: {text}") from None
         raise
 
@@ -408,23 +413,25 @@ def _resolve(given: dict[str, Any]) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(given) - known)
     if unknown:
-        raise SettingsError(f"unknown setting {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
+        raise SettingsError(f"unknown setting {shown(unknown[0])}; expected one of {', '.join(sorted(known))}")
 
     dataset = given.get("dataset", TrainConfig.dataset)
     strategy = given.get("strategy", TrainConfig.strategy)
     profile_name = given.get("profile", DEFAULT_PROFILE)
     for name, value in (("dataset", dataset), ("strategy", strategy), ("profile", profile_name)):
         if value not in CHOICES[name]:
-            raise SettingsError(f"{_flag(name)}={value!r} is not known; expected one of {', '.join(CHOICES[name])}")
+            raise SettingsError(
+                f"{_flag(name)}={shown(value)} is not known; expected one of {', '.join(CHOICES[name])}"
+            )
     profile = PROFILES[profile_name]
     arch = given.get("arch", DEFAULT_ARCH)
     if "hidden" in given and arch != DEFAULT_ARCH:
-        raise SettingsError(f"--hidden does not apply to --arch={arch!r}; it sets the widths of --arch mlp")
+        raise SettingsError(f"--hidden does not apply to --arch={shown(arch)}; it sets the widths of --arch mlp")
 
     for name, used_by in USED_BY.items():
         if name in given and strategy not in used_by:
             raise SettingsError(
-                f"{_flag(name)}={given[name]!r} does not apply to strategy {strategy!r}; "
+                f"{_flag(name)}={shown(given[name])} does not apply to strategy {shown(strategy)}; "
                 f"it is used by {', '.join(used_by)}"
             )
     values: dict[str, Any] = {
@@ -446,23 +453,103 @@ def _resolve(given: dict[str, Any]) -> TrainConfig:
 
 
 def _read_settings_file(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise SettingsError(f"settings file {str(path)!r} does not exist; expected a TOML file") from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"settings file {str(path)!r} is not valid TOML: {exc}") from None
+    where = f"settings file {str(path)!r}"
+    data = read_toml_file(path, where=where, expected="a TOML file")
     table = data.get("train", data)
     if not isinstance(table, dict):
         raise SettingsError(f"settings file {str(path)!r}: [train] must be a table of settings")
     beside = sorted(k for k in data if k != "train") if "train" in data else []
     if beside:
         raise SettingsError(
-            f"settings file {str(path)!r}: key {beside[0]!r} is outside the [train] table; expected every setting "
+            f"settings file {str(path)!r}: key {shown(beside[0])} is outside the [train] table; expected every setting "
             "inside [train] (or none of them: a file without [train])"
         )
+    check_setting_types(table, where)
     return {ALIASES.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in table.items()}
+
+
+# Settings and sweep files are a few lines: anything larger is not one (and a /dev/zero would never end).
+MAX_FILE_BYTES = 2**20
+INT64 = (-(2**63), 2**63 - 1)  # TOML's integers
+
+
+def read_toml_file(path: Path, *, where: str, expected: str) -> dict[str, Any]:
+    """Read a settings or sweep file: at most `MAX_FILE_BYTES`, valid UTF-8 TOML, nested no deeper than the parser
+    goes, every integer within TOML's 64 bits; anything else is a SettingsError starting with `where`."""
+    try:
+        with Path(path).open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise SettingsError(f"{where} does not exist; expected {expected}") from None
+    except OSError as exc:
+        raise SettingsError(f"{where} cannot be read ({exc.strerror or exc}); expected {expected}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise SettingsError(f"{where} is larger than {MAX_FILE_BYTES // 2**20} MiB; expected {expected} of a few lines")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise SettingsError(f"{where} nests arrays or tables too deeply to be read; expected {expected}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:  # ValueError: an integer of 4,300 digits
+        raise SettingsError(f"{where} is not valid TOML: {exc}") from None
+    _check_integers(data, where)
+    return data
+
+
+def _check_integers(data: Any, where: str) -> None:
+    """Refuse an integer outside TOML's 64 bits (Python's parser takes any): no setting needs one."""
+    stack = [data]
+    while stack:  # no recursion: the parser already allowed the document's depth
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+            raise SettingsError(f"{where}: the integer {shown(value)} is outside TOML's 64-bit integers")
+
+
+def toml_type(value: object) -> str:
+    """What a value read from a TOML file is, in TOML's words ("a string", "an array", …)."""
+    for kind, name in ((bool, "a boolean"), (str, "a string"), (int, "an integer"), (float, "a float"),
+                       (datetime.datetime, "a date-time"), (datetime.date, "a date"), (datetime.time, "a time"),
+                       (list, "an array"), (dict, "a table")):  # fmt: skip
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
+
+
+def _setting_kinds() -> dict[str, tuple[tuple[type, ...], str]]:
+    """Per setting, the TOML types a file may give it and how to say so, from `TrainConfig`'s annotations."""
+    kinds: dict[str, tuple[tuple[type, ...], str]] = {}
+    for name, hint in typing.get_type_hints(TrainConfig).items():
+        members = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        base = next(t for t in members if t is not type(None))
+        base = typing.get_origin(base) or base  # tuple[int, ...] → tuple
+        if base is tuple:
+            kinds[name] = ((str, list), 'two widths, as a string like "300,100" or an array like [300, 100]')
+        elif base is bool:
+            kinds[name] = ((bool,), "true or false")
+        elif base is int:
+            kinds[name] = ((int,), "an integer")
+        elif base is float:
+            kinds[name] = ((int, float), "a number")
+        else:
+            choices = f": one of {', '.join(CHOICES[name])}" if name in CHOICES else ""
+            kinds[name] = ((str,), f"a string{choices}")
+    return kinds
+
+
+def check_setting_types(table: Mapping[str, Any], where: str) -> None:
+    """Refuse a setting of a TOML file (`train --config`, a sweep group's `settings`) whose value has the wrong TOML
+    type, naming the key as written; unknown keys are left to the resolution, which names them."""
+    kinds = _setting_kinds()
+    for key, value in table.items():
+        name = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+        if name not in kinds:
+            continue
+        allowed, expected = kinds[name]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise SettingsError(f"{where}: {key} = {shown(value)} is {toml_type(value)}; expected {expected}")
 
 
 def _is_hidden(value: Any) -> bool:
@@ -477,10 +564,10 @@ def _as_hidden(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
         parts = [v.strip() for v in value.split(",") if v.strip()]
         if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):  # int() takes "٣٠٠" and "1_0"
-            raise SettingsError(f"--hidden={value!r} is not valid; expected two widths like 300,100")
+            raise SettingsError(f"--hidden={shown(value)} is not valid; expected two widths like 300,100")
         return tuple(int(p) for p in parts)
     if not isinstance(value, list | tuple):
-        raise SettingsError(f"--hidden={value!r} is not valid; expected two widths like 300,100 or [300, 100]")
+        raise SettingsError(f"--hidden={shown(value)} is not valid; expected two widths like 300,100 or [300, 100]")
     return tuple(value)
 
 
@@ -490,26 +577,28 @@ def _flag(name: str) -> str:
 
 def _check_int(name: str, value: Any, *, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SettingsError(f"{_flag(name)}={value!r} is not valid; expected an integer from {low} to {high}")
+        raise SettingsError(f"{_flag(name)}={shown(value)} is not valid; expected an integer from {low} to {high}")
     check_count(_flag(name), value, low=low, high=high)
 
 
 def check_count(flag: str, value: int | None, *, low: int, high: int, why: str = "") -> None:
     """Refuse a command-line count outside [low, high] with one line naming the flag (None is "not given")."""
     if value is not None and not low <= value <= high:
-        shown = str(value) if abs(value) < 10**30 else f"{value:.3e}"
-        raise SettingsError(f"{flag}={shown} is not valid; expected an integer from {low} to {high}{why}")
+        text = str(value) if abs(value) < 10**30 else f"{Decimal(value):.3e}"  # a float overflows past 1e308
+        raise SettingsError(f"{flag}={text} is not valid; expected an integer from {low} to {high}{why}")
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)  # isfinite overflows on an int beyond the floats
 
 
 def _check_range(name: str, value: Any, low: float, high: float) -> None:
     if not _is_number(value) or not low <= value <= high:
-        raise SettingsError(f"{_flag(name)}={value!r} is outside [{low:g}, {high:g}]; expected a number in it")
+        raise SettingsError(f"{_flag(name)}={shown(value)} is outside [{low:g}, {high:g}]; expected a number in it")
 
 
 def _check_open(name: str, value: Any, low: float, high: float) -> None:
     if not _is_number(value) or not low < value < high:
-        raise SettingsError(f"{_flag(name)}={value!r} is outside ({low:g}, {high:g}); expected a number in it")
+        raise SettingsError(f"{_flag(name)}={shown(value)} is outside ({low:g}, {high:g}); expected a number in it")

@@ -1,5 +1,24 @@
 """The one exception family a user can cause; `cli.py` turns any of them into one line and exit status 2."""
 
+from decimal import Decimal
+
+SHOWN_CHARS = 60  # the most of a value an error message echoes
+
+
+def shown(value: object, *, limit: int = SHOWN_CHARS) -> str:
+    """`repr(value)` for an error message, cut to its first `limit` characters, then "…" and the value's length: a
+    million-character setting is named, not echoed whole, and an integer of thousands of digits by its magnitude."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**SHOWN_CHARS:
+        return f"{Decimal(value):.3e}"  # repr() refuses an int of more than 4,300 digits
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more than 4,300 digits inside a list
+        return f"({type(value).__name__} too large to show)"
+    if len(text) <= limit:
+        return text
+    length = len(value) if isinstance(value, str) else len(text)
+    return f"{text[:limit]}… ({length:,} characters{'' if isinstance(value, str) else ' as written'})"
+
 
 class DynhpError(Exception):
     """Base of every error a user can cause: a bad setting, missing data, unreadable results, storage."""

@@ -17,7 +17,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.text
 import matplotlib.ticker
+import matplotlib.transforms
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -25,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 from dynhp_bench.config import default_budget_bytes
 from dynhp_bench.data import input_shape
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.metrics import EpochRecord, batch_cap, memory_mb, model_bytes, sample_bytes
+from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord, batch_cap, memory_mb, model_bytes, sample_bytes
 from dynhp_bench.report import (
     DATASET_NAMES,
     RUN_LENGTH,
@@ -350,9 +352,123 @@ def pareto_data(configs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return part[PARETO_COLUMNS]
 
 
+class DistinctTicks(matplotlib.ticker.Formatter):
+    """Tick labels with the fewest significant digits (2 to 6) that still tell the ticks apart: 0.0025 and 0.003,
+    not 0.0025000 and 0.0030000."""
+
+    def format_ticks(self, values: list[float]) -> list[str]:  # type: ignore[override]
+        """All of an axis's labels at once, so that the digits are chosen for the set."""
+        labels = [f"{v:.6g}" for v in values]
+        for digits in range(2, 7):
+            shorter = [f"{v:.{digits}g}" for v in values]
+            if len(set(shorter)) == len(shorter):
+                return shorter
+        return labels
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        """One label (the cursor readout)."""
+        return f"{x:.4g}"
+
+
+def _point_groups(data: pd.DataFrame, ax: plt.Axes, *, within_px: float = 6.0) -> list[list[int]]:
+    """The rows of `data` drawn on one spot (within `within_px` of each other on screen), each group once."""
+    xy = ax.transData.transform(data[["training_memory_mb", "final_error_pct"]].to_numpy(dtype=float))
+    groups: list[list[int]] = []
+    for i, point in enumerate(xy):
+        near = [g for g in groups if any(((xy[j] - point) ** 2).sum() <= within_px**2 for j in g)]
+        merged = [i, *(j for g in near for j in g)]
+        groups = [g for g in groups if g not in near] + [sorted(merged)]
+    return sorted(groups, key=lambda g: tuple(xy[g[0]]))
+
+
+def group_label(rows: pd.DataFrame) -> str:
+    """One label for configurations drawn on one spot: ``sp b16``, ``hp b16 = sp b16``, DyPrune's schedules
+    together, ``dyprune b128 dynamic = static``, and DynHP's α_bs values as a range, ``dynhp b16 α0.971–0.975 (5)``."""
+    parts = []
+    for (strategy, batch), part in rows.groupby(["strategy", "batch_size"], sort=True):
+        base = configuration_label({"strategy": strategy, "batch_size": batch, "alpha_bs": None})
+        alphas = sorted(float(a) for a in part["alpha_bs"] if a is not None and not pd.isna(a))
+        schedules = sorted({str(v) for v in part["prune_schedule"] if isinstance(v, str)})
+        if len(alphas) > 2:
+            parts.append(f"{base} α{alphas[0]:g}–{alphas[-1]:g} ({len(alphas)})")
+        elif len(schedules) > 1 and len(schedules) == len(part):
+            parts.append(f"{base} {' = '.join(schedules)}")
+        else:
+            parts += list(part["label"])
+    return " = ".join(parts)
+
+
+# Where a label may go, in points from its spot: close around it first, then further out (with a leader line).
+_RINGS = (7, 14, 26, 40, 58)
+_DIRECTIONS = ((1, 0), (1, 1), (0, 1), (-1, 1), (-1, 0), (-1, -1), (0, -1), (1, -1))
+
+
+def place_labels(
+    ax: plt.Axes, spots: list[tuple[float, float]], texts: list[str], *, bold: list[bool]
+) -> list[matplotlib.text.Annotation]:
+    """Annotate each spot with its text where the text overlaps no marker (keeping twice as clear of the other
+    spots' as of its own), no earlier label, and stays in the axes: the first free place, nearest first, with a
+    leader line when it is not next to its spot; where none is free, the place with the least overlap. Returns
+    the annotations."""
+    figure = ax.figure
+    renderer = figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    marker = 7.0 * figure.dpi / 72  # about half a marker, in pixels
+    centres = ax.transData.transform(spots)
+
+    def around(centre: object, radius: float) -> matplotlib.transforms.Bbox:
+        x, y = centre  # type: ignore[misc]
+        return matplotlib.transforms.Bbox.from_extents(x - radius, y - radius, x + radius, y + radius)
+
+    # A label keeps clear of its own marker, and twice as far from the others', so that it reads as its spot's.
+    others = [around(centre, 2 * marker) for centre in centres]
+    labels: list[matplotlib.transforms.Bbox] = []
+    placed = []
+    for index, ((x, y), text, strong) in enumerate(zip(spots, texts, bold, strict=True)):
+        occupied = [around(centres[index], marker), *others[:index], *others[index + 1 :], *labels]
+        best: tuple[float, matplotlib.text.Annotation, matplotlib.transforms.Bbox] | None = None
+        for ring in _RINGS:
+            for dx, dy in _DIRECTIONS:
+                scale = ring / (2**0.5 if dx and dy else 1.0)
+                note = ax.annotate(
+                    text, (x, y), textcoords="offset points", xytext=(dx * scale, dy * scale), fontsize="small",
+                    ha={1: "left", 0: "center", -1: "right"}[dx], va={1: "bottom", 0: "center", -1: "top"}[dy],
+                    fontweight="bold" if strong else "normal", zorder=6,
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+                    arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6} if ring > _RINGS[0] else None,
+                )  # fmt: skip
+                box = note.get_window_extent(renderer)
+                overlap = sum(_overlap(box, other) for other in occupied) + _outside(box, inside)
+                if best is None or overlap < best[0]:
+                    if best is not None:
+                        best[1].remove()
+                    best = (overlap, note, box)
+                else:
+                    note.remove()
+                if overlap == 0:
+                    break
+            if best is not None and best[0] == 0:
+                break
+        if best is not None:  # always: every ring tries every direction
+            labels.append(best[2])
+            placed.append(best[1])
+    return placed
+
+
+def _overlap(a: matplotlib.transforms.Bbox, b: matplotlib.transforms.Bbox) -> float:
+    width = min(a.x1, b.x1) - max(a.x0, b.x0)
+    height = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _outside(box: matplotlib.transforms.Bbox, inside: matplotlib.transforms.Bbox) -> float:
+    return box.width * box.height - _overlap(box, inside)
+
+
 def plot_pareto(data: pd.DataFrame, dataset: str) -> Figure:
-    """Error against training memory, one colour per strategy, the Pareto front drawn and its points named."""
-    figure, ax = plt.subplots(figsize=(7.5, 5.0))
+    """Error against training memory, one colour and marker per strategy, the Pareto front drawn; every spot named
+    (configurations drawn on one spot share one label; the front's in bold), labels placed not to collide."""
+    figure, ax = plt.subplots(figsize=(9.5, 6.0), dpi=110)
     colours = plt.get_cmap("tab10").colors
     markers = "osD^vP*X"  # a marker per series too, so coinciding configurations stay visible
     for index, (series, part) in enumerate(data.groupby("series", sort=True)):
@@ -361,25 +477,6 @@ def plot_pareto(data: pd.DataFrame, dataset: str) -> Figure:
             yerr=part["final_error_pct_std"], fmt=markers[index % len(markers)], color=colours[index % len(colours)],
             label=str(series), capsize=3, markersize=9 - index % 4, alpha=0.85,
         )  # fmt: skip
-    front = data[data["pareto"]]
-    if not front.empty:
-        # The staircase that bounds what the front dominates, from above the first point to the right edge,
-        # so that even a front of one configuration is drawn.
-        (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
-        xs, ys = [float(front["training_memory_mb"].iloc[0])], [top]
-        for row in front.itertuples():
-            xs += [row.training_memory_mb, row.training_memory_mb]
-            ys += [ys[-1], row.final_error_pct]
-        xs.append(right)
-        ys.append(ys[-1])
-        ax.plot(xs[:1] + xs[2:], ys[:1] + ys[2:], "k--", lw=1, label="Pareto front")
-        ax.set_xlim(left, right)
-        ax.set_ylim(bottom, top)
-        # Neighbours on the front may nearly coincide (DyPrune dynamic and static): alternate their labels above and
-        # below the point so that they do not print over each other.
-        for index, row in enumerate(front.itertuples()):
-            ax.annotate(row.label, (row.training_memory_mb, row.final_error_pct), textcoords="offset points",
-                        xytext=(6, 6 if index % 2 == 0 else -14), fontsize="small")  # fmt: skip
     name = DATASET_NAMES.get(dataset, dataset)
     if data.empty:
         ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="grey")
@@ -396,11 +493,38 @@ def plot_pareto(data: pd.DataFrame, dataset: str) -> Figure:
         spread = data["training_memory_mb"].max() / max(data["training_memory_mb"].min(), 1e-12)
         if spread > 20:
             ax.set_xscale("log")
-    ax.set_xlabel("training memory (MB, Σ per-epoch memory / 1000)")
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.xaxis.set_major_formatter(DistinctTicks())
+        # Room around the points for their labels.
+        ax.margins(x=0.12, y=0.12)
+    front = data[data["pareto"]]
+    if not front.empty:
+        # The staircase that bounds what the front dominates, from above the first point to the right edge,
+        # so that even a front of one configuration is drawn.
+        (left, right), (bottom, top) = ax.get_xlim(), ax.get_ylim()
+        xs, ys = [float(front["training_memory_mb"].iloc[0])], [top]
+        for row in front.itertuples():
+            xs += [row.training_memory_mb, row.training_memory_mb]
+            ys += [ys[-1], row.final_error_pct]
+        xs.append(right)
+        ys.append(ys[-1])
+        ax.plot(xs[:1] + xs[2:], ys[:1] + ys[2:], "k--", lw=1, label="Pareto front")
+        ax.set_xlim(left, right)
+        ax.set_ylim(bottom, top)
+    ax.set_xlabel(f"training memory ({TRAINING_MEMORY_UNIT})")
     ax.set_ylabel("final test error (%)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    figure.tight_layout()
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title="strategy", frameon=False)
+    figure.tight_layout()  # the axes are where they stay: the labels are placed in their final coordinates
+    if not data.empty:
+        groups = _point_groups(data, ax)
+        spots = [(float(data["training_memory_mb"].iloc[g[0]]), float(data["final_error_pct"].iloc[g[0]]))
+                 for g in groups]  # fmt: skip
+        texts = [group_label(data.iloc[g]) for g in groups]
+        place_labels(ax, spots, texts, bold=[bool(data["pareto"].iloc[g].any()) for g in groups])
     return figure
 
 

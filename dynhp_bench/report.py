@@ -24,9 +24,9 @@ import pandas as pd
 
 from dynhp_bench.architectures import DEFAULT_ARCH
 from dynhp_bench.config import DIGEST_OMITTED_AT_DEFAULT
-from dynhp_bench.errors import ResultsError
+from dynhp_bench.errors import ResultsError, SettingsError, shown
 from dynhp_bench.metrics import TRAINING_MEMORY_DEFINITION, TRAINING_MEMORY_UNIT
-from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, RunFolder, complete_runs, read_json
+from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, SUMMARY_FILE, RunFolder, complete_runs, read_json
 
 PAPER_EPOCHS = 2000
 METHODS = {"SP": "sp", "HP": "hp", "DynHP": "dynhp", "Dense": "dense"}
@@ -53,6 +53,9 @@ KEY_LEGACY = {
         "ema_decay", "bias_init", "growth_loss", "growth_variance", "growth_correction", "growth_smoothing",
     )},
 }  # fmt: skip
+# Settings a run may leave unset (a strategy that does not use them, a full-data run's subset): the index holds them
+# as the Python values summary.json gave (None, 2000, 0.972), for pandas would read [None, 2000] as [nan, 2000.0].
+OPTIONAL_SETTINGS = ["alpha_bs", "lam", "gamma", "subset", *EXTRA_KEY, "n_train"]
 METRICS = ["final_error_pct", "model_size_mb", "training_memory_mb", "mean_memory_mb", "nonzero_params", "wall_s"]
 OPTIONAL_METRICS = ["nonzero_params"]  # absent from runs written before it existed
 RUN_LENGTH = ["profile", "epochs", "subset"]
@@ -96,7 +99,15 @@ def index_runs(results_root: Path) -> RunIndex:
             f"no complete runs under {Path(results_root) / RUNS_DIR}; expected run folders written by "
             f"`dynhp-bench train`, `sweep` or `reproduce`"
         )
-    return RunIndex(pd.DataFrame(rows), incomplete)
+    return RunIndex(_index_frame(rows), incomplete)
+
+
+def _index_frame(rows: list[dict[str, object]]) -> pd.DataFrame:
+    """The index's rows as a DataFrame whose optional settings keep the types the run folders gave them."""
+    frame = pd.DataFrame(rows)
+    for name in OPTIONAL_SETTINGS:
+        frame[name] = pd.Series([row[name] for row in rows], index=frame.index, dtype=object)
+    return frame
 
 
 def inference_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -125,15 +136,15 @@ def _summary_row(folder: RunFolder) -> dict[str, object]:
         "run_dir": str(folder.path),
         "dataset": settings.get("dataset", summary.get("dataset")),
         "strategy": settings.get("strategy", summary.get("strategy")),
-        "batch_size": int(settings.get("batch_size", summary.get("batch_size_initial", 0))),
+        "batch_size": _count("batch_size", settings.get("batch_size", summary.get("batch_size_initial"))),
         "alpha_bs": settings.get("alpha_bs"),
         "profile": settings.get("profile", summary.get("profile")),
-        "epochs": int(summary["epochs"]),
+        "epochs": _count("epochs", summary["epochs"]),
         "lam": settings.get("lambda"),
         "gamma": settings.get("gamma"),
         "subset": settings.get("subset"),
         **{name: _key_value(name, settings.get(name)) for name in EXTRA_KEY},
-        "seed": int(summary["seed"]),
+        "seed": _count("seed", summary["seed"], low=0),
         "n_train": summary.get("n_train"),
         # Runs written before a metric existed (nonzero_params) read it as NaN.
         **{metric: float(summary.get(metric, math.nan)) for metric in OPTIONAL_METRICS},
@@ -142,14 +153,24 @@ def _summary_row(folder: RunFolder) -> dict[str, object]:
     for name in ("dataset", "strategy", "profile"):
         if not isinstance(row[name], str):
             raise TypeError(f"{name} is {row[name]!r}, not a name")
-    for name in ("alpha_bs", "lam", "gamma", "subset"):
+    for name in ("alpha_bs", "lam", "gamma", "subset", "n_train"):
         value = row[name]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise TypeError(f"{name} is {value!r}, not a number")
+            raise TypeError(f"{name} is {shown(value)}, not a number")
+    for name in EXTRA_KEY:  # configurations are keyed by them: one value each, not an array or an object
+        if not isinstance(row[name], str | int | float | bool | None):
+            raise TypeError(f"{name} is {shown(row[name])}, not a setting's value")
     for metric in METRICS:
         if metric not in OPTIONAL_METRICS and not math.isfinite(row[metric]):  # type: ignore[arg-type]
             raise ValueError(f"{metric} is {row[metric]}")
     return row
+
+
+def _count(name: str, value: object, *, low: int = 1) -> int:
+    """A count of summary.json as written (int() would read 0.5 epochs as 0, then a setting never typed)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} is {shown(value)}, not an integer ≥ {low}")
+    return value
 
 
 def configurations(runs: pd.DataFrame) -> pd.DataFrame:
@@ -163,8 +184,11 @@ def configurations(runs: pd.DataFrame) -> pd.DataFrame:
     frame["seeds"] = grouped.size()
     frame["run_dirs"] = grouped["run_dir"].agg(lambda dirs: ";".join(sorted(dirs)))
     frame = frame.reset_index()
-    for column in ("alpha_bs", "lam", "gamma", "subset", *EXTRA_KEY):  # settings a strategy does not use: None
-        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    # The group keys come back from pandas re-inferred ([None, 2000] as [nan, 2000.0]): take each configuration's
+    # settings from its first run instead, as the run folders gave them (a setting a strategy does not use: None).
+    first = runs.assign(_group=grouped.ngroup().to_numpy()).drop_duplicates("_group").sort_values("_group")
+    for column in ("alpha_bs", "lam", "gamma", "subset", *EXTRA_KEY):
+        frame[column] = pd.Series([v if _present(v) else None for v in first[column]], dtype=object)
     return frame
 
 
@@ -576,7 +600,15 @@ def competitors_table(configs: pd.DataFrame, entries: list[tuple[str, dict[str, 
     for profile, epochs, subset in lengths:
         for name, settings in entries:
             length = {"profile": profile, "epochs": int(epochs), "subset": None if not _present(subset) else subset}
-            wanted = resolve_config({**settings, **length})
+            try:
+                wanted = resolve_config({**settings, **length})
+            except SettingsError as exc:  # the run length came from summary.json: name the one it came from
+                runs = configs[[all(_same(row[k], v) for k, v in length.items()) for _, row in configs.iterrows()]]
+                summary = Path(str(runs["run_dirs"].iloc[0]).split(";")[0]) / SUMMARY_FILE
+                raise ResultsError(
+                    f"{summary}: its run length ({exc}) is not one `dynhp-bench train` makes; expected the summary "
+                    "it writes (train the run again with --force, or remove its folder)"
+                ) from None
             match = configs[
                 configs.apply(
                     lambda row, w=wanted: all(

@@ -115,6 +115,8 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ResultsError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        raise ResultsError(f"cannot read {path}: it nests arrays or objects too deeply") from None
 
 
 class RunFolder:

@@ -205,14 +205,13 @@ class SweepProgress:
             self.seen = {(t.study, t.number) for t in finished}
             self.finished = self.done_before = snap.done
             if snap.done and self.enabled:
-                self.console.print(f"resuming: {snap.done} of {snap.total} trials already done", soft_wrap=True)
+                print_lines(self.console, f"resuming: {snap.done} of {snap.total} trials already done")
         for trial in finished:
             if (trial.study, trial.number) not in self.seen:
                 self.seen.add((trial.study, trial.number))
                 self.finished += int(trial.state == "COMPLETE")
                 if self.enabled:
-                    line = trial_line(trial, self.finished, snap.total)
-                    self.console.print(line, highlight=False, soft_wrap=True)
+                    print_lines(self.console, trial_line(trial, self.finished, snap.total))
         if not self.live:
             return
         elapsed = time.monotonic() - self.started
@@ -237,23 +236,54 @@ class SweepProgress:
             self.progress.update(self.run_tasks[run_id], completed=done, count=f"{done}/{self.epochs.get(run_id)}")
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``."""
+    return f"{count:,} {noun}{'s' * (count != 1)}"
+
+
+def sweep_header(
+    name: str, *, groups: int, trials: int, runs: int, workers: int, threads: int | None, storage: str
+) -> str:
+    """What a sweep is about to do, in lines that fit 80 columns for the paper's sweeps (longer names and paths
+    wrap at their spaces): its groups and trials, its workers and their threads, where its studies are."""
+    shared = f" over {runs:,} runs (shared runs train once)" if runs != trials else ""
+    if threads is None:  # each run picks its own, as `train` does (threads.py)
+        split = f" ÷ {workers}" if workers > 1 else ""
+        how = f"{plural(workers, 'worker')}; torch threads per run: 1 below batch 256, else the free cores{split}"
+    else:
+        how = f"{plural(workers, 'worker')} × {plural(threads, 'torch thread')}"
+    return "\n".join(
+        [f"sweep {name}: {plural(groups, 'group')}, {plural(trials, 'trial')}{shared}", f"  {how}",
+         f"  studies in {storage}"]
+    )  # fmt: skip
+
+
 def trial_line(trial: TrialView, count: int, total: int) -> str:
-    """One finished trial: what it ran and its result, or why it failed."""
+    """One finished trial: what it ran, then its result and its runs (or why it failed) on lines of their own, each
+    within 80 columns for the paper's sweeps."""
     what = f"{trial.group}: {trial.param}={trial.value}" + ("" if trial.seed is None else f" seed {trial.seed}")
-    runs = ", ".join(trial.run_ids)
+    runs = f"{'run' if len(trial.run_ids) == 1 else 'runs'} {', '.join(trial.run_ids)}"
     if trial.state == "COMPLETE" and trial.final_error_pct is not None:
         reused = ""
         if trial.reused_runs:
             reused = (
-                "  (reused: already complete)"
+                " (reused: already complete)"
                 if trial.reused_runs == len(trial.run_ids)
-                else (f"  ({trial.reused_runs} of {len(trial.run_ids)} runs reused: already complete)")
+                else (f" ({trial.reused_runs} of {len(trial.run_ids)} runs reused: already complete)")
             )
         return (
-            f"trial {count}/{total} complete  {what}  error {trial.final_error_pct:.2f} %  "
-            f"training memory {trial.training_memory_mb:.4f} {TRAINING_MEMORY_UNIT}  {runs}{reused}"
+            f"trial {count}/{total} complete  {what}\n"
+            f"  error {trial.final_error_pct:.2f} %  training memory {trial.training_memory_mb:.4f} "
+            f"{TRAINING_MEMORY_UNIT}\n"
+            f"  {runs}{reused}"
         )
-    return f"trial failed  {what}  {runs}: {trial.note or 'no reason recorded'}; its point is claimed again"
+    return f"trial failed  {what}\n  {runs}\n  {trial.note or 'no reason recorded'}; its point is claimed again"
+
+
+def print_lines(console: Console, text: str, *, markup: bool = False) -> None:
+    """Print `text` on a terminal as rich wraps it, at spaces within the terminal's width (the terminal itself would
+    break a line mid-word); elsewhere (logs, CI) each line whole, so that one message stays one line to search."""
+    console.print(text, highlight=False, markup=markup, soft_wrap=not console.is_terminal)
 
 
 def print_sweep_summary(plan: WorkerPlan, snap: Snapshot, *, console: Console | None = None) -> None:
@@ -282,9 +312,8 @@ def print_sweep_summary(plan: WorkerPlan, snap: Snapshot, *, console: Console | 
     console = console or out_console
     console.print(table)
     studies = ", ".join(g.study for g in plan.sweep.groups)
-    console.print(
-        f"runs in {Path(plan.runtime.results_root) / 'runs'}; studies {studies} in {plan.storage.shown}", soft_wrap=True
-    )
+    runs = Path(plan.runtime.results_root) / "runs"
+    print_lines(console, f"runs in {runs}; studies {studies} in {plan.storage.shown}")
 
 
 def _fmt(value: object, digits: int) -> str:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,11 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from dynhp_bench import cifar
+from dynhp_bench import cifar, report
 from dynhp_bench.cli import main
+from dynhp_bench.config import resolve_config
 from dynhp_bench.data import RAW_FILES, dataset_folder, write_idx, write_synthetic_dataset
-from dynhp_bench.errors import DataError
-from dynhp_bench.sweep import command_line_spec, expand, open_store, parse_storage
+from dynhp_bench.errors import DataError, ResultsError, SettingsError
+from dynhp_bench.sweep import command_line_spec, expand, open_store, parse_storage, read_sweep_file
 from dynhp_bench.sweep.worker import FOR_GOOD_ATTR, WorkerPlan, claim_next, open_studies, work
 from dynhp_bench.train import Runtime
 
@@ -439,10 +441,10 @@ def test_a_sweep_of_too_many_points_times_seeds_is_refused_before_it_resolves(
     ("text", "fragment"),
     [
         (b"\xff\xfe[train]\n", "is not valid TOML"),
-        (b"[train]\nhidden = 5\n", "--hidden=5 is not valid"),
+        (b"[train]\nhidden = 5\n", "hidden = 5 is an integer; expected two widths"),
         (b"[train]\nhidden = [300]\n", "--hidden='300' is not valid"),
-        (b'[train]\nepochs = "two"\n', "--epochs='two' is not valid"),
-        (b'[train]\ndataset = ["mnist"]\n', "--dataset=['mnist'] is not known"),
+        (b'[train]\nepochs = "two"\n', "epochs = 'two' is a string; expected an integer"),
+        (b'[train]\ndataset = ["mnist"]\n', "dataset = ['mnist'] is an array; expected a string"),
         (b'epochs = 3\n[train]\nstrategy = "sp"\n', "key 'epochs' is outside the [train] table"),
     ],
 )
@@ -459,8 +461,11 @@ def test_settings_files_with_bad_bytes_or_types_are_one_line(
     ("text", "fragment"),
     [
         (b"\xff[sweep]\n", "is not valid TOML"),
-        (b'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = [0.5]\nseeds = 3\n', "seeds=3 is not valid"),
-        (b'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = [0.5]\nsettings = { hidden = 5 }\n', "--hidden=5"),
+        (b'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = [0.5]\nseeds = 3\n', "seeds = 3 is an integer"),
+        (
+            b'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = [0.5]\nsettings = { hidden = 5 }\n',
+            "hidden = 5 is an integer",
+        ),
         (b'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = ["\xd9\xa3"]\n', "is not a number"),
     ],
 )
@@ -492,3 +497,328 @@ def test_resume_on_a_damaged_config_json_is_one_line_naming_it(
     (run / "config.json").write_text(config_text)
     code, _, err = run_cli(["train", "--resume", str(run)], capsys)
     assert code == 2 and err.count("\n") == 1 and str(run / "config.json") in err and "Traceback" not in err, err
+
+
+# --- wrong TOML types in every field of every TOML file the tool reads (issue 24) ------------------------------------
+
+# One value of each TOML type, and the words the error uses for it.
+TOML_SAMPLES = {
+    "string": ('"x"', "a string"),
+    "integer": ("3", "an integer"),
+    "float": ("0.5", "a float"),
+    "boolean": ("true", "a boolean"),
+    "offset date-time": ("1979-05-27T07:32:00Z", "a date-time"),
+    "local date-time": ("1979-05-27T07:32:00", "a date-time"),
+    "date": ("1979-05-27", "a date"),
+    "time": ("07:32:00", "a time"),
+    "array": ("[1, 2]", "an array"),
+    "array of tables": ("[{ a = 1 }]", "an array"),
+    "table": ("{ a = 1 }", "a table"),
+}
+ACCEPTS = {
+    "string": {"string"},
+    "integer": {"integer"},
+    "number": {"integer", "float"},
+    "boolean": {"boolean"},
+    "widths": {"string", "array", "array of tables"},  # "300,100" or [300, 100]; the widths are checked later
+}
+# Every setting a settings file (and a sweep group's `settings`) may hold, by the TOML types it takes.
+SETTING_KINDS = {
+    "dataset": "string", "strategy": "string", "profile": "string", "arch": "string", "gate_draws": "string",
+    "growth_cadence": "string", "growth_rounding": "string", "growth_loss": "string", "growth_variance": "string",
+    "growth_correction": "string", "growth_smoothing": "string", "lambda_scaling": "string",
+    "prune_schedule": "string", "bias_init": "string",
+    "epochs": "integer", "batch_size": "integer", "seed": "integer", "subset": "integer", "budget_bytes": "integer",
+    "validation_split": "integer", "prune_interval": "integer",
+    "lr": "number", "weight_decay": "number", "lambda": "number", "gamma": "number", "alpha_bs": "number",
+    "drop_rate_input": "number", "drop_rate_hidden": "number", "slope_min": "number", "slope_max": "number",
+    "prune_rate": "number", "ema_decay": "number",
+    "reset_optimizer": "boolean", "reset_biases": "boolean", "normalize": "boolean", "augment": "boolean",
+    "hidden": "widths",
+}  # fmt: skip
+SWEEP_KINDS = {"name": "string", "description": "string", "seeds": "seeds"}
+GROUP_KINDS = {"name": "string", "param": "string", "range": "string", "values": "array", "seeds": "seeds",
+               "trials": "integer", "sampler": "string", "settings": "table"}  # fmt: skip
+ACCEPTS |= {"seeds": {"array", "array of tables", "string"}, "array": {"array", "array of tables"}, "table": {"table"}}
+
+
+def _wrong(kind: str) -> list[tuple[str, str, str]]:
+    """(TOML type, a value of it, the error's words for it) for every TOML type `kind` does not take."""
+    return [(name, text, words) for name, (text, words) in TOML_SAMPLES.items() if name not in ACCEPTS[kind]]
+
+
+def test_the_type_table_covers_every_setting() -> None:
+    from dataclasses import fields
+
+    from dynhp_bench.config import TrainConfig
+
+    assert {"lambda" if f.name == "lam" else f.name for f in fields(TrainConfig)} == set(SETTING_KINDS)
+
+
+def _refused(call: Callable[[], object]) -> str:
+    with pytest.raises(SettingsError) as info:
+        call()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("key", sorted(SETTING_KINDS))
+def test_every_setting_of_a_settings_file_refuses_every_wrong_toml_type(key: str, tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    for type_name, text, words in _wrong(SETTING_KINDS[key]):
+        path.write_text(f"[train]\n{key} = {text}\n")
+        message = _refused(lambda: resolve_config({}, settings_file=path))
+        assert message.startswith(f"settings file {str(path)!r}: {key} = ") and f"is {words}; expected" in message, (
+            type_name,
+            message,
+        )
+
+
+@pytest.mark.parametrize("key", sorted(SETTING_KINDS))
+def test_every_setting_of_a_sweep_group_refuses_every_wrong_toml_type(key: str, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    for type_name, text, words in _wrong(SETTING_KINDS[key]):
+        path.write_text(f'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = [0.5]\nsettings = {{ {key} = {text} }}\n')
+        message = _refused(lambda: read_sweep_file(path))
+        assert message.startswith(f"sweep file {str(path)!r} group 1 settings: {key} = "), (type_name, message)
+        assert f"is {words}; expected" in message, (type_name, message)
+
+
+GROUP = {"name": '"g"', "param": '"gamma"', "values": "[0.5]"}
+
+
+@pytest.mark.parametrize(("table", "key"), [("sweep", k) for k in SWEEP_KINDS] + [("group", k) for k in GROUP_KINDS])
+def test_every_key_of_a_sweep_file_refuses_every_wrong_toml_type(table: str, key: str, tmp_path: Path) -> None:
+    path = tmp_path / "sweep.toml"
+    kind = SWEEP_KINDS[key] if table == "sweep" else GROUP_KINDS[key]
+    for type_name, text, words in _wrong(kind):
+        head, group = {}, dict(GROUP)
+        (head if table == "sweep" else group)[key] = text
+        if key == "range":
+            del group["values"]
+        lines = ["[sweep]", *(f"{k} = {v}" for k, v in head.items()), "[[groups]]"]
+        path.write_text("\n".join([*lines, *(f"{k} = {v}" for k, v in group.items())]) + "\n")
+        message = _refused(lambda: expand(read_sweep_file(path)))
+        where = f"sweep file {str(path)!r} " + ("[sweep]" if table == "sweep" else "group 1")
+        assert message.startswith(f"{where}: {key} = ") and f"is {words}; expected" in message, (type_name, message)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (b"sweep = 3\n", "[sweep] must be a table"),
+        (b"[[sweep]]\n", "[sweep] must be a table"),
+        (b"groups = 3\n", "has no [[groups]]"),
+        (b"groups = [3]\n", "group 1 must be a table"),
+        (b"train = 3\n", "unknown key 'train'"),
+    ],
+)
+def test_a_sweep_files_tables_of_the_wrong_type_are_one_line(
+    text: bytes, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_bytes(text)
+    code, _, err = run_cli(["sweep", "--file", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and fragment in err and str(path) in err, err
+
+
+# --- the inputs issue 24 lists, one by one ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("param", ['["lambda"]', "{ a = 1 }"])
+def test_a_sweep_param_that_is_not_a_string_is_one_line(
+    param: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sweep.toml"
+    path.write_text(f'[[groups]]\nname = "g"\nparam = {param}\nvalues = [0.01]\n')
+    code, _, err = run_cli(["sweep", "--file", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"sweep file {str(path)!r} group 1: param = " in err and "expected a string: one of lambda" in err
+
+
+DEEP = {"arrays": "[" * 1000 + "]" * 1000, "tables": "{ a = " * 1000 + "1" + " }" * 1000}
+
+
+@pytest.mark.parametrize("nesting", sorted(DEEP))
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_file_nested_a_thousand_deep_is_one_line(
+    nesting: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "deep.toml"
+    if command == "train":
+        path.write_text(f"[train]\nhidden = {DEEP[nesting]}\n")
+        argv = ["train", "--config", str(path)]
+    else:
+        path.write_text(f'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = {DEEP[nesting]}\n')
+        argv = ["sweep", "--file", str(path)]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert str(path) in err and "nests arrays or tables too deeply" in err
+
+
+def test_a_summary_nested_a_thousand_deep_is_one_line(finished: Path, tmp_path: Path) -> None:
+    shutil.copytree(finished / "results", tmp_path / "results")
+    (run,) = (tmp_path / "results" / "runs").iterdir()
+    (run / "summary.json").write_text('{"settings": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(ResultsError, match="nests arrays or objects too deeply"):
+        report.index_runs(tmp_path / "results")
+
+
+@pytest.mark.parametrize("length", [100_000, 1_000_000])
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_value_of_a_million_characters_is_named_by_a_short_prefix_and_answered_at_once(
+    length: int, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "long.toml"
+    value = "a" * length
+    if command == "train":
+        path.write_text(f'[train]\ndataset = "{value}"\n')
+        argv = ["train", "--config", str(path)]
+    else:
+        path.write_text(
+            f'[[groups]]\nname = "g"\nparam = "gamma"\nvalues = [0.5]\nsettings = {{ dataset = "{value}" }}\n'
+        )
+        argv = ["sweep", "--file", str(path)]
+    started = time.perf_counter()
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "out")], capsys)
+    assert time.perf_counter() - started < 10, "it ran past 120 s before"
+    assert code == 2 and err.count("\n") == 1 and len(err) < 400, err[:400]
+    assert f"--dataset='{'a' * 59}… ({length:,} characters) is not known" in err
+
+
+def test_a_long_value_on_the_command_line_is_named_by_a_short_prefix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for argv in (
+        ["train", "--dataset", "b" * 100_000],
+        ["train", "--hidden", "c" * 100_000],
+        ["sweep", "gamma", "--range", "d" * 100_000],
+    ):
+        code, _, err = run_cli([*argv, "--out", str(tmp_path / "out")], capsys)
+        assert code == 2 and err.count("\n") == 1 and len(err) < 400 and "(100,000 characters)" in err, err[:400]
+
+
+def test_masking_passwords_takes_linear_time() -> None:
+    from dynhp_bench.sweep import mask_url
+
+    for text in ("a" * 10**6, "?" * 10**6, "a://" * 250_000, "&" + "p" * 10**6, "?password" * 100_000):
+        started = time.perf_counter()
+        mask_url(text)
+        assert time.perf_counter() - started < 2, text[:20]  # the userinfo pattern took 20 s on 100,000 a's
+    assert mask_url("x postgresql://ann:hunter2@h:5/db?sslpassword=zz&a=1;pwd=y") == (
+        "x postgresql://ann:***@h:5/db?sslpassword=***&a=1;pwd=***"
+    )
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_a_file_over_a_mebibyte_is_refused_unread(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text("# padding\n" * (2**20 // 10 + 1))
+    argv = ["train", "--config", str(path)] if command == "train" else ["sweep", "--file", str(path)]
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(path) in err and "is larger than 1 MiB" in err, err
+
+
+def test_an_endless_settings_file_is_refused_without_hanging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero on this system")
+    code, _, err = run_cli(["train", "--config", "/dev/zero", "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "'/dev/zero' is larger than 1 MiB" in err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (b"[train]\nepochs = " + b"9" * 400 + b"\n", "the integer 1.000e+400 is outside TOML's 64-bit integers"),
+        (b"[train]\nepochs = " + b"9" * 5000 + b"\n", "is not valid TOML"),
+        (b"[train]\nlr = 9223372036854775808\n", "outside TOML's 64-bit integers"),
+    ],
+)
+def test_integers_beyond_tomls_64_bits_are_one_line(
+    text: bytes, fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_bytes(text)
+    code, _, err = run_cli(["train", "--config", str(path), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and fragment in err and "Traceback" not in err, err[:300]
+
+
+@pytest.mark.parametrize("flag", ["--epochs", "--seed", "--subset", "--budget-bytes"])
+def test_a_400_digit_count_on_the_command_line_is_one_line(
+    flag: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["train", flag, "9" * 400, "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"{flag}=1.000e+400 is not valid" in err, err[:300]
+
+
+# --- wrong JSON types in the fields of a run folder's summary.json and a baseline ------------------------------------
+
+JSON_VALUES = st.sampled_from(["x", 3, 0.5, True, None, [1, 2], {"a": 1}, [], {}, -1, 10**30])
+
+
+def _json_paths(document: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every key path of a JSON document's objects (arrays are values)."""
+    if not isinstance(document, dict):
+        return []
+    return [path for key, value in document.items() for path in [(*prefix, key), *_json_paths(value, (*prefix, key))]]
+
+
+def _set(document: dict[str, object], path: tuple[str, ...], value: object) -> None:
+    for key in path[:-1]:
+        document = document[key]  # type: ignore[assignment]
+    document[path[-1]] = value
+
+
+@settings(EXAMPLES, max_examples=40)
+@given(pick=st.integers(0, 10_000), value=JSON_VALUES)
+def test_a_summary_field_of_the_wrong_json_type_is_read_or_refused_naming_it(
+    finished: Path, pick: int, value: object
+) -> None:
+    from dynhp_bench.baseline import compare, read_baseline
+
+    with scratch() as tmp:
+        shutil.copytree(finished, tmp / "root")
+        results = tmp / "root" / "results"
+        (run,) = (results / "runs").iterdir()
+        summary = json.loads((run / "summary.json").read_text())
+        paths = _json_paths(summary)
+        _set(summary, paths[pick % len(paths)], value)
+        (run / "summary.json").write_text(json.dumps(summary))
+        try:
+            index = report.index_runs(results)
+            configs = report.configurations(index.runs)
+            report.dataset_table(index.runs)
+            for dataset in report.TABLE_NUMBER:
+                report.paper_table(configs, dataset)
+            entries = report.competitor_entries(Path(__file__).parents[1] / "sweeps" / "competitors_mnist.toml")
+            report.competitors_table(configs, entries)
+            compare(read_baseline(tmp / "root" / "baseline.json"), index.runs)
+        except ResultsError as exc:
+            assert str(run / "summary.json") in str(exc), exc
+
+
+@settings(EXAMPLES, max_examples=40)
+@given(pick=st.integers(0, 10_000), value=JSON_VALUES)
+def test_a_baseline_field_of_the_wrong_json_type_is_read_or_refused_naming_it(
+    finished: Path, pick: int, value: object
+) -> None:
+    from dynhp_bench.baseline import compare, read_baseline
+
+    with scratch() as tmp:
+        baseline = json.loads((finished / "baseline.json").read_text())
+        paths = [*_json_paths(baseline), ("configurations",)]
+        entry = baseline["configurations"][0]
+        paths += [("configurations", 0, *p) for p in _json_paths(entry)]  # type: ignore[misc]
+        path = paths[pick % len(paths)]
+        target = baseline
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        (tmp / "baseline.json").write_text(json.dumps(baseline))
+        try:
+            compare(read_baseline(tmp / "baseline.json"), report.index_runs(finished / "results").runs)
+        except ResultsError as exc:
+            assert str(tmp / "baseline.json") in str(exc), exc

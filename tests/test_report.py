@@ -12,7 +12,7 @@ import pytest
 
 from dynhp_bench import figures, report
 from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
+from dynhp_bench.config import TrainConfig, resolve_config
 from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, to_mb
 from dynhp_bench.results import RunFolder, run_path
 from dynhp_bench.train import Runtime, summarize, train
@@ -185,6 +185,39 @@ def test_report_on_partial_results_warns_and_exits_0(tmp_path: Path, capsys: pyt
         assert (tmp_path / "report" / f"{name}.csv").is_file() and (tmp_path / "report" / f"{name}.md").is_file()
     assert len(list((tmp_path / "report").glob("fig[1-7]_*.png"))) == 7
     assert (tmp_path / "report" / "fig8_pareto_mnist.png").is_file()
+
+
+def _smoke(strategy: str) -> TrainConfig:
+    return resolve_config({"strategy": strategy, "profile": "smoke"})
+
+
+def test_settings_read_back_from_run_folders_keep_their_types_in_a_mixed_results_folder(tmp_path: Path) -> None:
+    make_run(tmp_path, _quick("sp", 512, epochs=2), errors=[9.0, 2.0])  # full data: subset None
+    make_run(tmp_path, _smoke("sp"), errors=[9.0, 3.0])  # the first 2,000 images: subset 2000
+    make_run(tmp_path, _smoke("dyprune"), errors=[9.0, 4.0])
+    runs = report.index_runs(tmp_path).runs
+    configs = report.configurations(runs)
+    for frame in (runs, configs):
+        assert sorted(frame["subset"], key=str) == [2000, 2000, None]
+        assert all(type(v) is int for v in frame["subset"] if v is not None)  # not 2000.0
+        assert all(v is None or type(v) is int for v in frame["validation_split"])
+        assert sorted(v for v in frame["validation_split"] if v is not None) == [333]  # a sixth of 2,000
+    entries = report.competitor_entries(Path(__file__).parents[1] / "sweeps" / "competitors_mnist.toml")
+    table = report.competitors_table(configs, entries)  # it resolves the settings at each run length
+    assert sorted(zip(table["group"], table["profile"], strict=True)) == [
+        ("dyprune-dynamic", "smoke"), ("sp", "quick"), ("sp", "smoke"),
+    ]  # fmt: skip
+
+
+def test_report_paper_tables_on_full_data_and_smoke_runs_together_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_run(tmp_path, _quick("dynhp", 16, epochs=2), errors=[9.0, 2.0])  # the README's first example, shortened
+    make_run(tmp_path, _smoke("sp"), errors=[9.0, 3.0])
+    code, _, err = _run_cli(["report", "--paper-tables", "--results", str(tmp_path)], capsys)
+    assert code == 0 and "error:" not in err, err
+    frame = pd.read_csv(tmp_path / "report" / "competitors_mnist.csv")
+    assert sorted(zip(frame["group"], frame["profile"], strict=True)) == [("dynhp", "quick"), ("sp", "smoke")]
 
 
 def test_report_without_results_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -496,3 +529,63 @@ def test_error_figures_leave_their_first_epochs_above_the_axis_and_keep_them_in_
     memory = figures._plot(figures.FIGURES["fig2_memory"], data.rename(columns={"test_error_pct": "memory_mb"}))
     assert memory.axes[0].get_ylim() == pytest.approx((0.0, 60.0 * 1.08))  # only error figures settle
     assert figures._settling_epochs(data.head(20), figures.ERROR_SETTLING) == 1  # at least the first epoch
+
+
+def _crowded_competitors(root: Path) -> None:
+    """22 configurations at one run length as the quick competitors and figures give them: SP and HP at every batch
+    (equal memory at small batches), DynHP at five α_bs on one spot, DyPrune twice, dense."""
+    for batch in (16, 32, 64, 100, 128, 256, 512):
+        make_run(root, _quick("sp", batch), errors=[9.0, 5.0, 2.0 + batch / 200])
+        make_run(root, _quick("hp", batch), errors=[9.0, 5.0, 2.0 + batch / 200 + 0.01],
+                 model_bytes=[FULL_BYTES, FULL_BYTES - 10, FULL_BYTES - 10])  # fmt: skip
+    for alpha in (0.971, 0.972, 0.973, 0.974, 0.975):
+        make_run(root, _quick("dynhp", 16, alpha_bs=alpha), errors=[9.0, 5.0, 1.9])
+    for schedule in ("dynamic", "static"):
+        make_run(root, _quick("dyprune", 128, prune_schedule=schedule), errors=[9.0, 5.0, 2.8], nonzero=9_000)
+    make_run(root, _quick("dense", 512), errors=[9.0, 5.0, 1.8])
+
+
+def test_figure_8_names_every_configuration_with_labels_that_do_not_collide(tmp_path: Path) -> None:
+    _crowded_competitors(tmp_path)
+    data = figures.pareto_data(report.configurations(report.index_runs(tmp_path).runs), "mnist")
+    assert len(data) == 22
+    figure = figures.plot_pareto(data, "mnist")
+    ax = figure.axes[0]
+    renderer = figure.canvas.get_renderer()
+    notes = [child for child in ax.get_children() if isinstance(child, figures.matplotlib.text.Annotation)]
+    text = " ".join(note.get_text() for note in notes)
+    merged = {"dynhp b16 α": "dynhp b16 α0.971–0.975 (5)", "dyprune b128": "dyprune b128 dynamic = static"}
+    for label in data["label"]:  # every configuration is named: by its label, or merged with those on its spot
+        assert label in text or any(label.startswith(k) and v in text for k, v in merged.items()), label
+    assert len(notes) < len(data)  # configurations on one spot share one label (DynHP's five, SP/HP at batch 16)
+    boxes = [note.get_window_extent(renderer) for note in notes]
+    inside = ax.get_window_extent(renderer)
+    for i, box in enumerate(boxes):
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+        for other in boxes[i + 1 :]:
+            assert not box.overlaps(other), (notes[i].get_text(), "collides")
+    ticks = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert 3 <= len(ticks) <= 8 and len(set(ticks)) == len(ticks), ticks
+    assert all(len(t) <= 6 for t in ticks), ticks  # 0.0125, not 0.0125000
+    figures.plt.close(figure)
+
+
+def test_tick_labels_take_the_fewest_digits_that_tell_them_apart() -> None:
+    ticks = figures.DistinctTicks()
+    assert ticks.format_ticks([0.0025, 0.003, 0.0035]) == ["0.0025", "0.003", "0.0035"]
+    assert ticks.format_ticks([0.021809, 0.021812, 0.021815]) == ["0.021809", "0.021812", "0.021815"]
+    assert ticks.format_ticks([0.01, 0.02, 0.05, 0.1]) == ["0.01", "0.02", "0.05", "0.1"]
+
+
+def test_configurations_on_one_spot_share_one_short_label() -> None:
+    def rows(*labels: tuple[str, int, float | None, str | None]) -> pd.DataFrame:
+        frame = pd.DataFrame(labels, columns=["strategy", "batch_size", "alpha_bs", "prune_schedule"])
+        frame["label"] = [report.configuration_label(row) for _, row in frame.iterrows()]
+        return frame
+
+    assert figures.group_label(rows(("sp", 16, None, None))) == "sp b16"
+    assert figures.group_label(rows(("sp", 16, None, None), ("hp", 16, None, None))) == "hp b16 = sp b16"
+    five = rows(*(("dynhp", 16, a, None) for a in (0.975, 0.971, 0.972, 0.973, 0.974)))
+    assert figures.group_label(five) == "dynhp b16 α0.971–0.975 (5)"
+    two = rows(("dyprune", 128, None, "static"), ("dyprune", 128, None, "dynamic"))
+    assert figures.group_label(two) == "dyprune b128 dynamic = static"

@@ -195,3 +195,54 @@ def test_paper_table_keeps_the_papers_values_at_80_columns(tmp_path: Path) -> No
     assert "…" not in text
     for row in table.itertuples():
         assert f"{row.paper_error_pct:.2f}" in text
+
+
+def _rendered(text: str, width: int, *, terminal: bool = True) -> str:
+    console = Console(file=io.StringIO(), width=width, record=True, force_terminal=terminal, color_system=None)
+    views.print_lines(console, text)
+    return console.export_text()
+
+
+def _sweep_lines(plan: WorkerPlan) -> list[str]:
+    """The header and one trial line of each kind, with the paper's names and run ids."""
+    group = plan.sweep.groups[0]
+    done = dataclasses.replace(_view(plan, 2, "COMPLETE", 12.5), reused_runs=1)
+    search = dataclasses.replace(done, seed=None, run_ids=tuple(p.run_id for p in group.points), reused_runs=2)
+    failed = dataclasses.replace(_view(plan, 1, "FAIL", None), note="its worker stopped sending heartbeats")
+    header = views.sweep_header("reproduce", groups=10, trials=48, runs=44, workers=2, threads=None,
+                                storage="results/study.journal")  # fmt: skip
+    given = views.sweep_header("table3_fashion", groups=3, trials=13, runs=13, workers=2, threads=1,
+                               storage="results/study.journal")  # fmt: skip
+    return [header, given, views.trial_line(done, 47, 48), views.trial_line(search, 3, 20),
+            views.trial_line(failed, 0, 48)]  # fmt: skip
+
+
+def test_sweep_lines_fit_80_columns_as_written(tmp_path: Path) -> None:
+    lines = [line for text in _sweep_lines(_plan(tmp_path)) for line in _rendered(text, 200).splitlines()]
+    # the search trial's three run ids are one list: it alone may run past 80 columns (wrapped below)
+    long = [line for line in lines if len(line) > WIDTH]
+    assert len(long) == 1 and long[0].startswith("  runs "), long
+    header = _rendered(_sweep_lines(_plan(tmp_path))[0], 200)
+    assert header.splitlines() == [
+        "sweep reproduce: 10 groups, 48 trials over 44 runs (shared runs train once)",
+        "  2 workers; torch threads per run: 1 below batch 256, else the free cores ÷ 2",
+        "  studies in results/study.journal",
+    ]
+    assert "(s)" not in header  # "1 worker(s) × 1 below batch 256 …" read badly
+
+
+def test_sweep_lines_wrap_at_spaces_at_80_columns(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    note = "a failure whose message is long: " + "word " * 40 + "and a path /very/long/results/runs/" + "x" * 30
+    failed = dataclasses.replace(_view(plan, 1, "FAIL", None), note=note)
+    header = views.sweep_header("a-very-long-sweep-name-" * 3, groups=1, trials=2, runs=2, workers=1, threads=None,
+                                storage="/home/someone/projects/dynhp-bench/results/studies/study.journal")  # fmt: skip
+    for text in [*_sweep_lines(plan), views.trial_line(failed, 0, 2), header]:
+        shown = _rendered(text, WIDTH)
+        assert all(len(line) <= WIDTH for line in shown.splitlines()), shown
+        assert shown.split() == text.split(), "a word was broken across lines"  # rich wraps at spaces only
+
+
+def test_off_a_terminal_each_sweep_line_stays_whole(tmp_path: Path) -> None:
+    text = views.trial_line(dataclasses.replace(_view(_plan(tmp_path), 1, "FAIL", None), note="word " * 40), 0, 2)
+    assert _rendered(text, WIDTH, terminal=False).splitlines() == text.splitlines()  # logs: grep finds one line

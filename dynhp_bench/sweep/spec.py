@@ -15,15 +15,22 @@ import dataclasses
 import functools
 import hashlib
 import json
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from dynhp_bench.config import ALIASES, MAX_SEED, TrainConfig, resolve_config
-from dynhp_bench.errors import SettingsError
+from dynhp_bench.config import (
+    ALIASES,
+    MAX_SEED,
+    TrainConfig,
+    check_setting_types,
+    read_toml_file,
+    resolve_config,
+    toml_type,
+)
+from dynhp_bench.errors import SettingsError, shown
 
 # The parameters a sweep may vary, with the type of their values.
 SWEEPABLE: dict[str, type] = {"lambda": float, "gamma": float, "alpha_bs": float, "batch_size": int}
@@ -32,8 +39,24 @@ MAX_POINTS = 10_000
 MAX_RUNS = 100_000  # points × seeds over every group: each is a resolved setting held in memory and in the plan
 MAX_PLACES = 12  # decimal places of a swept value or step (finer ones are no different as float settings)
 MAX_MAGNITUDE = 12  # powers of ten of a swept value or step (a batch size of 10¹² is already absurd)
-GROUP_KEYS = ("name", "param", "range", "values", "seeds", "trials", "sampler", "settings")
-SWEEP_KEYS = ("name", "description", "seeds")
+# Every key of a sweep file: the TOML types it may have, and an example of one (`_check_types`).
+SWEEP_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), 'a string like "table2_mnist"'),
+    "description": ((str,), 'a string like "Table 2"'),
+    "seeds": ((list, str), "an array like [0, 1, 2]"),
+}
+GROUP_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), 'a string like "dynhp"'),
+    "param": ((str,), f"a string: one of {', '.join(SWEEPABLE)}"),
+    "range": ((str,), 'a string like "0.971:0.975"'),
+    "values": ((list,), "an array like [16, 32, 64]"),
+    "seeds": ((list, str), "an array like [0, 1, 2]"),
+    "trials": ((int,), "an integer like 20"),
+    "sampler": ((str,), f"a string: one of {', '.join(SAMPLERS)}"),
+    "settings": ((dict,), 'a table like { dataset = "mnist", strategy = "sp" }'),
+}
+GROUP_KEYS = tuple(GROUP_TYPES)
+SWEEP_KEYS = tuple(SWEEP_TYPES)
 # The sweep files of the paper's tables and figures (`reproduce` runs them all), beside the package in a checkout.
 SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 PAPER_SWEEPS = ("table2_mnist", "table3_fashion", "fig3_mnist_batch", "fig4_fashion_batch")
@@ -130,28 +153,28 @@ def parse_range(param: str, text: str) -> tuple[Decimal, Decimal, Decimal]:
     _kind(param)
     parts = text.split(":")
     if len(parts) not in (2, 3):
-        raise SettingsError(f"range {text!r} is not valid; expected A:B or A:B:STEP, e.g. 0.971:0.989")
-    low, high = (_decimal(param, p, what=f"range {text!r}") for p in parts[:2])
+        raise SettingsError(f"range {shown(text)} is not valid; expected A:B or A:B:STEP, e.g. 0.971:0.989")
+    low, high = (_decimal(param, p, what=f"range {shown(text)}") for p in parts[:2])
     if len(parts) == 3:
-        step = _decimal(param, parts[2], what=f"range {text!r}")
+        step = _decimal(param, parts[2], what=f"range {shown(text)}")
     else:
         places = max(-_exponent(low), -_exponent(high), 0)
         step = Decimal(1).scaleb(-places)
     if low > high:
-        raise SettingsError(f"range {text!r} is reversed; expected A ≤ B, e.g. {parts[1]}:{parts[0]}")
+        raise SettingsError(f"range {shown(text)} is reversed; expected A ≤ B, e.g. {parts[1]}:{parts[0]}")
     if step <= 0:
-        raise SettingsError(f"range {text!r} has step {step}; expected a positive step")
+        raise SettingsError(f"range {shown(text)} has step {step}; expected a positive step")
     if low < high and step > high - low:
         raise SettingsError(
-            f"range {text!r} has step {step}, larger than the range {high - low}; expected a smaller step"
+            f"range {shown(text)} has step {step}, larger than the range {high - low}; expected a smaller step"
         )
     count, remainder = divmod(high - low, step)
     if remainder != 0:
         raise SettingsError(
-            f"range {text!r}: step {step} does not divide {high - low}; expected B − A to be a multiple of STEP"
+            f"range {shown(text)}: step {step} does not divide {high - low}; expected B − A to be a multiple of STEP"
         )
     if count + 1 > MAX_POINTS:
-        raise SettingsError(f"range {text!r} has {count + 1} points; expected at most {MAX_POINTS}")
+        raise SettingsError(f"range {shown(text)} has {count + 1} points; expected at most {MAX_POINTS}")
     return low, high, step
 
 
@@ -180,7 +203,7 @@ def parse_values(param: str, values: str | Sequence[Any]) -> tuple[Decimal, ...]
 def parse_seeds(seeds: str | Sequence[Any]) -> tuple[int, ...]:
     """Parse ``0,1,2`` (or a TOML array) into distinct seeds from 0 to `MAX_SEED`, at most `MAX_POINTS` of them."""
     if not isinstance(seeds, str | list | tuple):
-        raise SettingsError(f"seeds={seeds!r} is not valid; expected a list like 0,1,2 (in a file: [0, 1, 2])")
+        raise SettingsError(f"seeds={shown(seeds)} is not valid; expected a list like 0,1,2 (in a file: [0, 1, 2])")
     items = [s.strip() for s in seeds.split(",") if s.strip()] if isinstance(seeds, str) else list(seeds)
     if len(items) > MAX_POINTS:
         raise SettingsError(f"{len(items)} seeds given; expected at most {MAX_POINTS}")
@@ -192,7 +215,7 @@ def parse_seeds(seeds: str | Sequence[Any]) -> tuple[int, ...]:
         elif isinstance(item, int) and not isinstance(item, bool):
             seed = item
         else:
-            raise SettingsError(f"seed {item!r} is not valid; expected integers from 0 to {MAX_SEED} like 0,1,2")
+            raise SettingsError(f"seed {shown(item)} is not valid; expected integers from 0 to {MAX_SEED} like 0,1,2")
         if not 0 <= seed <= MAX_SEED:
             raise SettingsError(f"seed {seed} is not valid; expected integers from 0 to {MAX_SEED} like 0,1,2")
         if seed in seen:
@@ -220,11 +243,11 @@ def make_group(
     if (range_text is None) == (values is None):
         raise SettingsError(f"{param}: give exactly one of a range (A:B[:STEP]) or a list of values")
     if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
-        raise SettingsError(f"trials={trials!r} is not valid; expected an integer ≥ 1")
+        raise SettingsError(f"trials={shown(trials)} is not valid; expected an integer ≥ 1")
     if sampler is not None and trials is None:
-        raise SettingsError(f"sampler={sampler!r} only applies with trials; expected trials = N as well")
+        raise SettingsError(f"sampler={shown(sampler)} only applies with trials; expected trials = N as well")
     if sampler is not None and sampler not in SAMPLERS:
-        raise SettingsError(f"sampler={sampler!r} is not known; expected one of {', '.join(SAMPLERS)}")
+        raise SettingsError(f"sampler={shown(sampler)} is not known; expected one of {', '.join(SAMPLERS)}")
     search: Search | None = None
     if range_text is not None:
         low, high, step = parse_range(param, range_text)
@@ -237,29 +260,23 @@ def make_group(
         points = parse_values(param, values)
     fixed = {setting_name(k): v for k, v in (settings or {}).items()}
     if setting_name(param) in fixed:
-        raise SettingsError(f"{param} is swept in group {name!r}; it cannot also be a fixed setting")
+        raise SettingsError(f"{param} is swept in group {shown(name)}; it cannot also be a fixed setting")
     if "seed" in fixed:
-        raise SettingsError(f"group {name!r} fixes a seed; expected seeds = [..] (or --seeds) instead")
+        raise SettingsError(f"group {shown(name)} fixes a seed; expected seeds = [..] (or --seeds) instead")
     return Group(name=name, param=param, values=points, settings=fixed, seeds=seeds, search=search)
 
 
 def read_sweep_file(path: Path) -> SweepSpec:
-    """Read and check a sweep file (schema in sweeps/README.md)."""
-    try:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise SettingsError(
-            f"sweep file {str(path)!r} does not exist; expected a TOML file like sweeps/NAME.toml"
-        ) from None
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise SettingsError(f"sweep file {str(path)!r} is not valid TOML: {exc}") from None
+    """Read and check a sweep file (schema in sweeps/README.md): every key's TOML type is checked here, before any
+    value is used."""
     where = f"sweep file {str(path)!r}"
+    data = read_toml_file(path, where=where, expected="a TOML file like sweeps/NAME.toml")
     _only_keys(data, ("sweep", "groups"), where)
     head = data.get("sweep", {})
     if not isinstance(head, dict):
         raise SettingsError(f"{where}: [sweep] must be a table with name and description")
     _only_keys(head, SWEEP_KEYS, f"{where} [sweep]")
+    _check_types(head, SWEEP_TYPES, f"{where} [sweep]")
     name = head.get("name", Path(path).stem)
     _check_name(name, f"{where} [sweep] name")
     seeds = parse_seeds(head["seeds"]) if "seeds" in head else (0,)
@@ -275,15 +292,11 @@ def read_sweep_file(path: Path) -> SweepSpec:
         for key in ("name", "param"):
             if key not in raw:
                 raise SettingsError(f'{label} has no {key}; expected {key} = "..."')
+        _check_types(raw, GROUP_TYPES, label)
         _check_name(raw["name"], f"{label} name")
-        if not isinstance(raw.get("settings", {}), dict):
-            raise SettingsError(f'{label}: settings must be a table like {{ dataset = "mnist", strategy = "sp" }}')
+        check_setting_types(raw.get("settings", {}), f"{label} settings")
         range_text = raw.get("range")
-        if range_text is not None and not isinstance(range_text, str):
-            raise SettingsError(f'{label}: range must be a string like "0.971:0.975"')
         values = raw.get("values")
-        if values is not None and not isinstance(values, list):
-            raise SettingsError(f"{label}: values must be an array like [16, 32, 64]")
         try:
             groups.append(
                 make_group(
@@ -302,8 +315,8 @@ def read_sweep_file(path: Path) -> SweepSpec:
     names = [g.name for g in groups]
     for group_name in names:
         if names.count(group_name) > 1:
-            raise SettingsError(f"{where}: group name {group_name!r} is used twice; expected unique names")
-    return SweepSpec(name=name, description=str(head.get("description", "")), groups=tuple(groups), seeds=seeds)
+            raise SettingsError(f"{where}: group name {shown(group_name)} is used twice; expected unique names")
+    return SweepSpec(name=name, description=head.get("description", ""), groups=tuple(groups), seeds=seeds)
 
 
 def expand(
@@ -322,7 +335,7 @@ def expand(
     runs = sum(len(g.values) * len(seeds or g.seeds or spec.seeds) for g in spec.groups)
     if runs > MAX_RUNS:
         raise SettingsError(
-            f"sweep {spec.name!r} has {runs} runs (points × seeds over its groups); expected at most {MAX_RUNS}"
+            f"sweep {shown(spec.name)} has {runs} runs (points × seeds over its groups); expected at most {MAX_RUNS}"
         )
     groups: list[ResolvedGroup] = []
     for group in spec.groups:
@@ -338,7 +351,7 @@ def expand(
         except SettingsError as exc:
             if len(spec.groups) == 1:
                 raise
-            raise SettingsError(f"{spec.name} group {group.name!r}: {exc}") from None
+            raise SettingsError(f"{spec.name} group {shown(group.name)}: {exc}") from None
         study = f"{spec.name}.{group.name}.{points[0].config.profile}"
         groups.append(ResolvedGroup(group.name, study, group.param, points, group.search))
     return Sweep(spec.name, spec.description, tuple(groups))
@@ -373,9 +386,9 @@ def command_line_spec(
         if message.startswith("range "):
             message = "--range=" + message.removeprefix("range ")
         elif values is not None and range_text is None:
-            message = f"--values={values!r}: {message}"
+            message = f"--values={shown(values)}: {message}"
         raise SettingsError(message) from None
-    origin = f"--range={range_text!r}" if range_text is not None else f"--values={values!r}"
+    origin = f"--range={shown(range_text)}" if range_text is not None else f"--values={shown(values)}"
     group = dataclasses.replace(group, origin=origin)
     if name is None:
         described = {
@@ -416,29 +429,29 @@ def _resolve(
 
 def _kind(param: str) -> type:
     if param not in SWEEPABLE:
-        raise SettingsError(f"parameter {param!r} cannot be swept; expected one of {', '.join(SWEEPABLE)}")
+        raise SettingsError(f"parameter {shown(param)} cannot be swept; expected one of {', '.join(SWEEPABLE)}")
     return SWEEPABLE[param]
 
 
 def _decimal(param: str, raw: Any, *, what: str) -> Decimal:
     kind = SWEEPABLE[param]
     if isinstance(raw, bool) or not isinstance(raw, str | int | float) or (isinstance(raw, str) and not raw.isascii()):
-        raise SettingsError(f"{what}: {raw!r} is not a number; expected {kind.__name__} values for {param}")
+        raise SettingsError(f"{what}: {shown(raw)} is not a number; expected {kind.__name__} values for {param}")
     try:
         value = Decimal(str(raw).strip())
     except InvalidOperation:
         raise SettingsError(
-            f"{what}: {str(raw).strip()!r} is not a number; expected {kind.__name__} values for {param}"
+            f"{what}: {shown(str(raw).strip())} is not a number; expected {kind.__name__} values for {param}"
         ) from None
     if not value.is_finite():
-        raise SettingsError(f"{what}: {raw!r} is not finite; expected a number for {param}")
+        raise SettingsError(f"{what}: {shown(raw)} is not finite; expected a number for {param}")
     if value != 0 and (value.adjusted() > MAX_MAGNITUDE or _places(value) > MAX_PLACES):
         raise SettingsError(
-            f"{what}: {str(raw).strip()!r} is out of bounds; expected at most {MAX_PLACES} decimal places and "
+            f"{what}: {shown(str(raw).strip())} is out of bounds; expected at most {MAX_PLACES} decimal places and "
             f"magnitude below 1e{MAX_MAGNITUDE + 1} for {param}"
         )
     if kind is int and value != value.to_integral_value():
-        raise SettingsError(f"{what}: {raw!r} is not a whole number; expected integers for {param}")
+        raise SettingsError(f"{what}: {shown(raw)} is not a whole number; expected integers for {param}")
     return value if kind is float else Decimal(int(value))
 
 
@@ -469,9 +482,17 @@ def _flag(param: str) -> str:
 def _only_keys(table: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = sorted(set(table) - set(allowed))
     if unknown:
-        raise SettingsError(f"{where}: unknown key {unknown[0]!r}; expected only {', '.join(allowed)}")
+        raise SettingsError(f"{where}: unknown key {shown(unknown[0])}; expected only {', '.join(allowed)}")
+
+
+def _check_types(table: Mapping[str, Any], types: Mapping[str, tuple[tuple[type, ...], str]], where: str) -> None:
+    """Refuse a key of a sweep file whose value has the wrong TOML type (a boolean is not an integer)."""
+    for key, value in table.items():
+        allowed, expected = types[key]
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise SettingsError(f"{where}: {key} = {shown(value)} is {toml_type(value)}; expected {expected}")
 
 
 def _check_name(name: Any, where: str) -> None:
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name):
-        raise SettingsError(f"{where}={name!r} is not valid; expected letters, digits, - and _ only")
+        raise SettingsError(f"{where}={shown(name)} is not valid; expected letters, digits, - and _ only")

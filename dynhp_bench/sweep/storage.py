@@ -81,9 +81,14 @@ class WorkerTag:
         return {"id": self.id, "host": self.host, "pid": self.pid}
 
 
-_USERINFO_PASSWORD = re.compile(r"(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^\s/?#]*@")
+# Both run in time linear in the text (an error may echo a value of a million characters): a scheme starts only where
+# none could have started one character earlier, and a parameter's name (which holds no ? or ;) is at most 64
+# characters either side of "password", so that no position starts a scan to the end of the text.
+_USERINFO_PASSWORD = re.compile(r"(?<![A-Za-z0-9+.-])(?P<keep>[A-Za-z][A-Za-z0-9+.-]*:/{1,2}[^:/@\s]*:)[^\s/?#]*@")
 # libpq and SQLAlchemy take a password as a query parameter too: ?password=…, &sslpassword=…
-_QUERY_PASSWORD = re.compile(r"(?P<keep>[?&;][^=&#\s]*(?:password|passwd|pwd)[^=&#\s]*=)[^&#\s]*", re.IGNORECASE)
+_QUERY_PASSWORD = re.compile(
+    r"(?P<keep>[?&;][^=&#;?\s]{0,64}?(?:password|passwd|pwd)[^=&#;?\s]{0,64}=)[^&#\s]*", re.IGNORECASE
+)
 
 
 def mask_url(text: str) -> str:
