@@ -102,7 +102,9 @@ def _both_paths(
 
 
 def _assert_same_step(reference: dict[str, Any], fast: dict[str, Any]) -> None:
-    assert torch.equal(fast["loss"], reference["loss"])
+    # The data loss to a few ulps, not bit for bit: on some CPUs the compiled loops' forward (-march=native) rounds a
+    # last bit differently from PyTorch's (seen: 2.3143 against 2.3143, one ulp, on full-MNIST batches).
+    assert float(fast["loss"]) == pytest.approx(float(reference["loss"]), rel=GRAD_TOLERANCE)
     assert fast["penalty"] == pytest.approx(reference["penalty"], rel=GRAD_TOLERANCE, abs=1e-12)
     assert torch.equal(fast["counts"], reference["counts"]) and fast["draws"] == reference["draws"]
     if math.isnan(reference["ratio"]):
@@ -255,7 +257,13 @@ def _assert_same_epochs(reference: pd.DataFrame, fast: pd.DataFrame) -> None:
         if column in TIMING_COLUMNS:
             continue
         if reference[column].dtype.kind == "f":
-            pd.testing.assert_series_equal(fast[column], reference[column], rtol=CSV_TOLERANCE, atol=0.0)
+            # Relative to the column's largest value as well as to each entry: a loss falling to 1e-4 is a difference
+            # of two logits' scale, and on some CPUs the two paths' float sums part at 1e-5 of it (seen on DyPrune's
+            # validation loss at epoch 3: 1.53828e-4 against 1.53830e-4, 2e-7 of the column's 9.5e-3).
+            scale = float(reference[column].abs().max()) if reference[column].notna().any() else 0.0
+            pd.testing.assert_series_equal(
+                fast[column], reference[column], rtol=CSV_TOLERANCE, atol=CSV_TOLERANCE * scale
+            )
         else:
             assert fast[column].tolist() == reference[column].tolist(), column
 
