@@ -61,7 +61,9 @@ def make_run(
 
 
 def sp(**kw: object) -> TrainConfig:
-    return TrainConfig(**{"strategy": "sp", "batch_size": 512, "profile": "paper", **kw})  # type: ignore[arg-type]
+    settings = {"strategy": "sp", "batch_size": 512, "profile": "paper", **kw}
+    settings.setdefault("ema_decay", 0.999 if settings["profile"] == "paper" else None)  # the profiles' defaults
+    return TrainConfig(**settings)  # type: ignore[arg-type]
 
 
 def test_sp_row_reproduces_the_papers_1041_and_5219(tmp_path: Path) -> None:
@@ -79,8 +81,8 @@ def test_sp_row_reproduces_the_papers_1041_and_5219(tmp_path: Path) -> None:
 def test_deltas_are_against_our_sp_row_and_short_runs_compare_per_epoch(tmp_path: Path) -> None:
     make_run(tmp_path, sp(epochs=10), errors=[2.0] * 10)
     hp_bytes = [FULL_BYTES - 100_000 * i for i in range(10)]
-    make_run(tmp_path, TrainConfig(strategy="hp", batch_size=100, epochs=10, profile="paper"), errors=[3.0] * 10,
-             model_bytes=hp_bytes)  # fmt: skip
+    hp = TrainConfig(strategy="hp", batch_size=100, epochs=10, profile="paper", ema_decay=0.999)
+    make_run(tmp_path, hp, errors=[3.0] * 10, model_bytes=hp_bytes)
     table = report.paper_table(report.configurations(report.index_runs(tmp_path).runs), "mnist").set_index("method")
     assert table.loc["HP", "error_delta_pct"] == pytest.approx(50.0)
     assert table.loc["HP", "model_size_mb"] == pytest.approx(to_mb(hp_bytes[-1]))
@@ -134,9 +136,9 @@ def test_unfinished_runs_are_listed_not_read(tmp_path: Path) -> None:
 def test_figure_data_follow_their_inputs(tmp_path: Path) -> None:
     make_run(tmp_path, sp(epochs=3), errors=[3.0, 2.0, 1.0], expected_active=(600.0, 200.0, 50.0))
     hp_bytes = [FULL_BYTES, 900_000, 800_000]
-    make_run(tmp_path, TrainConfig(strategy="hp", batch_size=100, epochs=3, profile="paper"), errors=[4.0, 3.0, 2.5],
-             model_bytes=hp_bytes)  # fmt: skip
-    make_run(tmp_path, TrainConfig(strategy="dynhp", alpha_bs=0.972, epochs=3, profile="paper"),
+    hp = TrainConfig(strategy="hp", batch_size=100, epochs=3, profile="paper", ema_decay=0.999)
+    make_run(tmp_path, hp, errors=[4.0, 3.0, 2.5], model_bytes=hp_bytes)
+    make_run(tmp_path, TrainConfig(strategy="dynhp", alpha_bs=0.972, epochs=3, profile="paper", ema_decay=0.999),
              errors=[6.0, 4.0, 2.0], batches=[16, 19, 23])  # fmt: skip
     make_run(tmp_path, sp(batch_size=64, epochs=3), errors=[7.0, 6.0, 5.0])
     configs = report.configurations(report.index_runs(tmp_path).runs)
@@ -230,7 +232,11 @@ def test_check_passes_on_its_own_results_and_fails_on_a_regression(
 ) -> None:
     results = tmp_path / "results"
     run = make_run(results, sp(epochs=2), errors=[2.0, 1.0])
-    make_run(results, TrainConfig(strategy="hp", batch_size=100, epochs=2, profile="paper"), errors=[3.0, 2.0])
+    make_run(
+        results,
+        TrainConfig(strategy="hp", batch_size=100, epochs=2, profile="paper", ema_decay=0.999),
+        errors=[3.0, 2.0],
+    )
     baseline = tmp_path / "baseline.json"
     assert _run_cli(["check", "--baseline", str(baseline), "--results", str(results), "--update"], capsys)[0] == 0
     document = json.loads(baseline.read_text())
@@ -269,7 +275,9 @@ def test_check_fails_on_a_missing_configuration_and_passes_an_improvement(
     make_run(other, sp(epochs=2, seed=5), errors=[2.0, 1.0])
     code, out, _ = _run_cli(["check", "--baseline", str(baseline), "--results", str(other)], capsys)
     assert code == 0, "a different seed of the same configuration is the same configuration"
-    make_run(other, TrainConfig(strategy="hp", batch_size=100, epochs=2, profile="paper"), errors=[1.0, 1.0])
+    make_run(
+        other, TrainConfig(strategy="hp", batch_size=100, epochs=2, profile="paper", ema_decay=0.999), errors=[1.0, 1.0]
+    )
     document = json.loads(baseline.read_text())
     document["configurations"][0]["key"]["batch_size"] = 256
     document["configurations"][0]["name"] = "renamed"
