@@ -14,19 +14,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dynhp_bench.cli import main
 from dynhp_bench.data import write_synthetic_dataset
+from tests.test_damaged_inputs import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--threads", "1", "--quiet"]
-
-
-def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
 
 
 def test_the_readmes_steps_in_order_on_one_results_folder(
