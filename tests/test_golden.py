@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.golden.help import help_texts
 from tests.golden.snapshot import FLOAT_COLUMNS, INT_COLUMNS, TRAJECTORIES, run_ids, trajectories
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "snapshot.json").read_text(encoding="utf-8"))
@@ -33,3 +34,13 @@ def test_each_strategys_trajectory_is_unchanged(current: dict[str, dict[str, lis
     for column in FLOAT_COLUMNS:
         for value, wanted in zip(ours[column], golden[column], strict=True):
             assert (math.isnan(value) and math.isnan(wanted)) or value == pytest.approx(wanted, rel=1e-6), column
+
+
+HELP = json.loads((Path(__file__).parent / "golden" / "help.json").read_text(encoding="utf-8"))
+
+
+def test_every_commands_help_is_unchanged() -> None:
+    ours = help_texts()
+    assert list(ours) == list(HELP)
+    for command, text in HELP.items():
+        assert ours[command] == text, command
