@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from dynhp_bench.report import reference_tables
-from dynhp_bench.results import complete_runs
+from dynhp_bench.analysis.report import reference_tables
+from dynhp_bench.training.run_folder import complete_runs
 
 READINGS = {"final_error_raw_pct": "raw", "final_error_pct": "ema 0.999"}
 

@@ -144,7 +144,7 @@ def synthetic_root(name: str, work: Path) -> Path:
     root = work / f"synthetic-{name}"
     if not root.exists():
         sys.path.insert(0, str(ROOT))
-        from dynhp_bench.data import write_synthetic_dataset
+        from dynhp_bench.data.datasets import write_synthetic_dataset
 
         write_synthetic_dataset(root, name, n_train=50_000, n_test=10_000, seed=0)
     return root

@@ -1,3 +1,3 @@
-from dynhp_bench.cli import main
+from dynhp_bench.cli.commands import main
 
 main()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from dynhp_bench.data import RAW_FILES, dataset_folder, write_synthetic_dataset
+from dynhp_bench.data.datasets import RAW_FILES, dataset_folder, write_synthetic_dataset
 
 # Property-based tests replay the same examples on every run, for a user as in CI (Hypothesis derandomises only
 # when CI is set), and read no example database. DYNHP_HYPOTHESIS=explore draws new examples each run (to look

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynhp_bench.architectures import ARCHITECTURES
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig, resolve_config
-from dynhp_bench.data import input_shape
+from dynhp_bench.cli.commands import main
+from dynhp_bench.data.datasets import input_shape
 from dynhp_bench.errors import SettingsError
-from dynhp_bench.network import GatedNetwork
-from dynhp_bench.resnet import GatedResNet
+from dynhp_bench.models.network import GatedNetwork
+from dynhp_bench.models.registry import ARCHITECTURES
+from dynhp_bench.models.resnet import GatedResNet
+from dynhp_bench.settings.config import TrainConfig, resolve_config
 from dynhp_bench.sweep.spec import command_line_spec
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynhp_bench.augmentation import PAD, augmented, channel_statistics, column_statistics
+from dynhp_bench.data.augmentation import PAD, augmented, channel_statistics, column_statistics
 
 SHAPE = (3, 6, 5)
 

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from dynhp_bench.bench import CASES, hp20_trainer, run_bench, targets
-from dynhp_bench.cli import main
-from dynhp_bench.data import load_dataset
-from dynhp_bench.metrics import EpochRecord, epoch_flops, weight_count
-from dynhp_bench.train import Trainer
+from dynhp_bench.analysis.bench import CASES, hp20_trainer, run_bench, targets
+from dynhp_bench.cli.commands import main
+from dynhp_bench.data.datasets import load_dataset
+from dynhp_bench.memory import epoch_flops, weight_count
+from dynhp_bench.training.record import EpochRecord
+from dynhp_bench.training.trainer import Trainer
 
 
 def test_bench_writes_one_row_per_case_and_batch_size(

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynhp_bench import cifar
-from dynhp_bench import data as data_module
-from dynhp_bench.data import CifarLoader, dataset_folder, input_shape, load_dataset, write_synthetic_dataset
+from dynhp_bench.data import cifar
+from dynhp_bench.data import datasets as data_module
+from dynhp_bench.data.datasets import CifarLoader, dataset_folder, input_shape, load_dataset, write_synthetic_dataset
 from dynhp_bench.errors import DataError
 
 

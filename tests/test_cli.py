@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dynhp_bench.cli import main
+from dynhp_bench.cli.commands import main
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dynhp_bench import cli
-from dynhp_bench.cli import main
-from dynhp_bench.train import RunResult
+from dynhp_bench.cli import commands as cli
+from dynhp_bench.cli.commands import main
+from dynhp_bench.training.trainer import RunResult
 
 TEXT = st.text(alphabet=string.printable.replace("\x0b", "").replace("\x0c", ""), max_size=12)
 NUMBER_TEXT = st.one_of(

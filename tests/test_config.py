@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dynhp_bench.config import DIGEST_OMITTED_AT_DEFAULT, TrainConfig, default_budget_bytes, resolve_config
 from dynhp_bench.errors import SettingsError
+from dynhp_bench.settings.config import DIGEST_OMITTED_AT_DEFAULT, TrainConfig, default_budget_bytes, resolve_config
 
 
 def test_resolution_order_is_defaults_profile_file_cli(tmp_path: Path) -> None:

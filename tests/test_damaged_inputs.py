@@ -22,14 +22,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from optuna.trial import TrialState
 
-from dynhp_bench import cifar, report
-from dynhp_bench.cli import main
-from dynhp_bench.config import resolve_config
-from dynhp_bench.data import RAW_FILES, dataset_folder, write_idx, write_synthetic_dataset
+from dynhp_bench.analysis import report
+from dynhp_bench.cli.commands import main
+from dynhp_bench.data import cifar
+from dynhp_bench.data.datasets import RAW_FILES, dataset_folder, write_idx, write_synthetic_dataset
 from dynhp_bench.errors import DataError, ResultsError, SettingsError
+from dynhp_bench.settings.config import resolve_config
 from dynhp_bench.sweep import command_line_spec, expand, open_store, parse_storage, read_sweep_file
 from dynhp_bench.sweep.worker import FOR_GOOD_ATTR, WorkerPlan, claim_next, open_studies, work
-from dynhp_bench.train import Runtime
+from dynhp_bench.training.trainer import Runtime
 
 EXAMPLES = settings(
     derandomize=True,
@@ -220,7 +221,7 @@ def test_a_trial_failed_by_its_data_is_not_claimed_again_in_the_same_sweep(small
 def test_a_failed_download_leaves_no_folder_it_created(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dynhp_bench import data as data_module
+    from dynhp_bench.data import datasets as data_module
 
     class NoNetwork:
         def __init__(self, root: str, *, train: bool, download: bool) -> None:
@@ -550,7 +551,7 @@ def _wrong(kind: str) -> list[tuple[str, str, str]]:
 def test_the_type_table_covers_every_setting() -> None:
     from dataclasses import fields
 
-    from dynhp_bench.config import TrainConfig
+    from dynhp_bench.settings.config import TrainConfig
 
     assert {"lambda" if f.name == "lam" else f.name for f in fields(TrainConfig)} == set(SETTING_KINDS)
 
@@ -777,7 +778,7 @@ def _set(document: dict[str, object], path: tuple[str, ...], value: object) -> N
 def test_a_summary_field_of_the_wrong_json_type_is_read_or_refused_naming_it(
     finished: Path, pick: int, value: object
 ) -> None:
-    from dynhp_bench.baseline import compare, read_baseline
+    from dynhp_bench.analysis.baseline import compare, read_baseline
 
     with scratch() as tmp:
         shutil.copytree(finished, tmp / "root")
@@ -805,7 +806,7 @@ def test_a_summary_field_of_the_wrong_json_type_is_read_or_refused_naming_it(
 def test_a_baseline_field_of_the_wrong_json_type_is_read_or_refused_naming_it(
     finished: Path, pick: int, value: object
 ) -> None:
-    from dynhp_bench.baseline import compare, read_baseline
+    from dynhp_bench.analysis.baseline import compare, read_baseline
 
     with scratch() as tmp:
         baseline = json.loads((finished / "baseline.json").read_text())

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynhp_bench import data as data_module
-from dynhp_bench.data import RAW_FILES, dataset_folder, load_dataset, resolve_data_dir, write_synthetic_dataset
+from dynhp_bench.data import datasets as data_module
+from dynhp_bench.data.datasets import RAW_FILES, dataset_folder, load_dataset, resolve_data_dir, write_synthetic_dataset
 from dynhp_bench.errors import DataError
 from tests.conftest import SYNTHETIC_TEST, SYNTHETIC_TRAIN
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import load_dataset
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.metrics import TIMING_COLUMNS, EpochRecord
-from dynhp_bench.results import RunFolder, run_path
-from dynhp_bench.strategies import dead_neurons, magnitude_masks, pruning_epochs, pruning_rate
-from dynhp_bench.train import Runtime, Trainer, train
+from dynhp_bench.data.datasets import load_dataset
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.pruning.strategies import dead_neurons, magnitude_masks, pruning_epochs, pruning_rate
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.record import TIMING_COLUMNS, EpochRecord
+from dynhp_bench.training.run_folder import RunFolder, run_path
+from dynhp_bench.training.trainer import Runtime, Trainer, train
 
 FULL_WEIGHTS = 784 * 300 + 300 * 100 + 100 * 10  # 266,200: biases are never pruned nor counted by the rate
 

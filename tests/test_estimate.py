@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import load_dataset
-from dynhp_bench.estimate import Estimate, RunLeft, estimate, schedule_wall_s, steps_per_epoch
-from dynhp_bench.train import Runtime, StepTotals, Trainer, flushing_subnormals, subnormals_flushed
-from dynhp_bench.views import duration, plan_line
+from dynhp_bench.cli.commands import main
+from dynhp_bench.cli.views import duration, plan_line
+from dynhp_bench.data.datasets import load_dataset
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.sweep.estimate import Estimate, RunLeft, estimate, schedule_wall_s, steps_per_epoch
+from dynhp_bench.training.trainer import Runtime, StepTotals, Trainer, flushing_subnormals, subnormals_flushed
 
 from .conftest import SYNTHETIC_TRAIN
 

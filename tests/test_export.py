@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from dynhp_bench import export
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import load_dataset
+from dynhp_bench.cli.commands import main
+from dynhp_bench.data.datasets import load_dataset
+from dynhp_bench.deploy import export
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.train import Runtime, train
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.trainer import Runtime, train
 
 STRATEGIES = ("dense", "sp", "hp", "dynhp")
 

@@ -20,14 +20,14 @@ import pandas as pd
 import pytest
 import torch
 
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import Dataset, load_dataset
-from dynhp_bench.fastpath import FastStep
-from dynhp_bench.gates import LOG_ALPHA_MAX, LOG_ALPHA_MIN
-from dynhp_bench.strategies import dead_neurons, magnitude_masks
+from dynhp_bench.cli.commands import main
+from dynhp_bench.data.datasets import Dataset, load_dataset
+from dynhp_bench.models.mlp import LOG_ALPHA_MAX, LOG_ALPHA_MIN
+from dynhp_bench.pruning.strategies import dead_neurons, magnitude_masks
+from dynhp_bench.settings.config import TrainConfig
 from dynhp_bench.sweep import WorkerPlan, command_line_spec, expand, parse_storage
-from dynhp_bench.train import FAST_STEPS, AutogradStep, Runtime, StepTotals, Trainer, train
+from dynhp_bench.training.fast_step import FastStep
+from dynhp_bench.training.trainer import FAST_STEPS, AutogradStep, Runtime, StepTotals, Trainer, train
 
 GRAD_TOLERANCE = 1e-6
 RATIO_TOLERANCE = 1e-5

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from dynhp_bench.gates import (
+from dynhp_bench.memory import model_bytes
+from dynhp_bench.models.mlp import (
     GatedMLP,
     eval_gates,
     prob_nonzero,
     sample_gates,
     uniform_noise,
 )
-from dynhp_bench.metrics import model_bytes
 
 
 def test_prob_nonzero_is_sigmoid_of_log_alpha_plus_beta_ln11() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.threads import usable_cores
-from dynhp_bench.train import Runtime, train
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.threads import usable_cores
+from dynhp_bench.training.trainer import Runtime, train
 
 pytestmark = pytest.mark.integration
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynhp_bench import kernels
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import load_dataset
-from dynhp_bench.fastpath import GATE_SLOPE, FastStep
-from dynhp_bench.gates import BETA, EPS, GAMMA_HC, ZETA, sample_gates
-from dynhp_bench.train import Runtime, Trainer, train
+from dynhp_bench.cli.commands import main
+from dynhp_bench.data.datasets import load_dataset
+from dynhp_bench.models.mlp import BETA, EPS, GAMMA_HC, ZETA, sample_gates
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training import kernels
+from dynhp_bench.training.fast_step import GATE_SLOPE, FastStep
+from dynhp_bench.training.trainer import Runtime, Trainer, train
 
 SUM_TOLERANCE = 1e-6
 NO_COMPILER = kernels.load() is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dynhp_bench.metrics import (
+from dynhp_bench.memory import (
     EpochRecord,
     batch_bytes,
     batch_cap,

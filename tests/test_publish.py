@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dynhp_bench import report
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.results import (
+from dynhp_bench.analysis import report
+from dynhp_bench.cli.commands import main
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.run_folder import (
     CHECKPOINT_FILE,
     EPOCHS_FILE,
     PUBLISHED_EPOCHS_FILE,
@@ -21,7 +21,7 @@ from dynhp_bench.results import (
     publish_run,
     run_path,
 )
-from dynhp_bench.train import Runtime, train
+from dynhp_bench.training.trainer import Runtime, train
 from tests.test_report import make_run, sp
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dynhp_bench.data import write_synthetic_dataset
+from dynhp_bench.data.datasets import write_synthetic_dataset
 from tests.test_damaged_inputs import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]

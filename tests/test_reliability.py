@@ -19,15 +19,15 @@ import pandas as pd
 import pytest
 import torch
 
-from dynhp_bench import checkpoint as checkpoint_module
-from dynhp_bench.checkpoint import load_checkpoint, save_checkpoint
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import write_synthetic_dataset
+from dynhp_bench.cli.commands import main
+from dynhp_bench.data.datasets import write_synthetic_dataset
 from dynhp_bench.errors import Interrupted, ResultsError
-from dynhp_bench.metrics import TIMING_COLUMNS
-from dynhp_bench.results import CHECKPOINT_FILE, COMPLETE_MARKER, INTERRUPTED_MARKER, RunFolder, run_path
-from dynhp_bench.train import Runtime, train
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training import checkpoint as checkpoint_module
+from dynhp_bench.training.checkpoint import load_checkpoint, save_checkpoint
+from dynhp_bench.training.record import TIMING_COLUMNS
+from dynhp_bench.training.run_folder import CHECKPOINT_FILE, COMPLETE_MARKER, INTERRUPTED_MARKER, RunFolder, run_path
+from dynhp_bench.training.trainer import Runtime, train
 
 # Prunes (γ above the hidden gates' initial P(z≠0) = 0.83) and grows the batch within a few epochs.
 DYNHP = TrainConfig(strategy="dynhp", epochs=6, batch_size=16, gamma=0.84, alpha_bs=0.5)
@@ -305,7 +305,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch:
 
 
 def test_a_full_disk_while_writing_results_is_a_results_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dynhp_bench import results as results_module
+    from dynhp_bench.training import run_folder as results_module
 
     folder = RunFolder(tmp_path / "run")
     folder.start({"run_id": "x"})

@@ -10,12 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dynhp_bench import figures, report
-from dynhp_bench.cli import main
-from dynhp_bench.config import TrainConfig, resolve_config
-from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, to_mb
-from dynhp_bench.results import RunFolder, run_path
-from dynhp_bench.train import Runtime, summarize, train
+from dynhp_bench.analysis import figures, report
+from dynhp_bench.cli.commands import main
+from dynhp_bench.memory import batch_bytes, memory_mb, to_mb
+from dynhp_bench.settings.config import TrainConfig, resolve_config
+from dynhp_bench.training.record import EpochRecord
+from dynhp_bench.training.run_folder import RunFolder, run_path
+from dynhp_bench.training.trainer import Runtime, summarize, train
 
 FULL_BYTES = 1_066_440
 

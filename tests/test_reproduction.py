@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dynhp_bench.cli import main
-from dynhp_bench.results import RunFolder, complete_runs
+from dynhp_bench.cli.commands import main
+from dynhp_bench.training.run_folder import RunFolder, complete_runs
 
 PAPER = Path(__file__).resolve().parents[1] / "results" / "paper"
 COMPARED = ("*.csv", "*.md")

@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import load_dataset
-from dynhp_bench.gates import prob_nonzero
-from dynhp_bench.metrics import sample_bytes
-from dynhp_bench.resnet import BatchNorm, GatedResNet, resnet_weight_count
-from dynhp_bench.train import Runtime, Trainer, train
+from dynhp_bench.data.datasets import load_dataset
+from dynhp_bench.memory import sample_bytes
+from dynhp_bench.models.mlp import prob_nonzero
+from dynhp_bench.models.resnet import BatchNorm, GatedResNet, resnet_weight_count
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.trainer import Runtime, Trainer, train
 
 TINY = (2, 8, 8)  # channels, rows, columns: stage resolutions 8, 4, 2
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dynhp_bench.cli import main
+from dynhp_bench.cli.commands import main
 
 
 @pytest.fixture

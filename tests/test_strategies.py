@@ -8,10 +8,10 @@ from dataclasses import fields
 import pytest
 import torch
 
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.metrics import batch_cap
-from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
+from dynhp_bench.memory import batch_cap
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.pruning.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
+from dynhp_bench.settings.config import TrainConfig
 
 MNIST = 4 * 784  # one MNIST sample's bytes
 

@@ -14,10 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from dynhp_bench.cli import main
-from dynhp_bench.config import resolve_config
+from dynhp_bench.cli.commands import main
 from dynhp_bench.errors import SettingsError, StorageError
-from dynhp_bench.results import COMPLETE_MARKER, RUNS_DIR, RunFolder, run_path
+from dynhp_bench.settings.config import resolve_config
 from dynhp_bench.sweep import (
     PAPER_SWEEPS,
     SWEEPS_DIR,
@@ -38,7 +37,8 @@ from dynhp_bench.sweep import (
 )
 from dynhp_bench.sweep.storage import FAILED_ATTR, WORKER_ATTR, repair_journal
 from dynhp_bench.sweep.worker import claim_next, open_studies, run_ids_of
-from dynhp_bench.train import Runtime
+from dynhp_bench.training.run_folder import COMPLETE_MARKER, RUNS_DIR, RunFolder, run_path
+from dynhp_bench.training.trainer import Runtime
 
 SUBSET = 128
 

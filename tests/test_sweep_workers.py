@@ -19,10 +19,10 @@ import pytest
 from optuna.trial import TrialState
 
 import dynhp_bench
-from dynhp_bench.cli import main
-from dynhp_bench.results import COMPLETE_MARKER, EPOCHS_FILE, RUNS_DIR
+from dynhp_bench.cli.commands import main
 from dynhp_bench.sweep import PAPER_SWEEPS, mask_url
 from dynhp_bench.sweep.storage import FAILED_ATTR, WORKER_ATTR, JournalStore, PostgresStore
+from dynhp_bench.training.run_folder import COMPLETE_MARKER, EPOCHS_FILE, RUNS_DIR
 
 POSTGRES_URL = os.environ.get("DYNHP_TEST_POSTGRES_URL")
 needs_postgres = pytest.mark.skipif(

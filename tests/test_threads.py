@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynhp_bench.config import resolve_config
-from dynhp_bench.threads import SMALL_BATCH, default_threads, split_threads, usable_cores
-from dynhp_bench.train import Runtime, train
+from dynhp_bench.settings.config import resolve_config
+from dynhp_bench.training.threads import SMALL_BATCH, default_threads, split_threads, usable_cores
+from dynhp_bench.training.trainer import Runtime, train
 
 
 @pytest.mark.parametrize(

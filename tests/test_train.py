@@ -10,12 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from dynhp_bench.architectures import ARCHITECTURES
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import load_dataset
-from dynhp_bench.metrics import TIMING_COLUMNS, EpochRecord, model_bytes
-from dynhp_bench.results import COMPLETE_MARKER, RunFolder
-from dynhp_bench.train import Runtime, Trainer, train
+from dynhp_bench.data.datasets import load_dataset
+from dynhp_bench.memory import model_bytes
+from dynhp_bench.models.registry import ARCHITECTURES
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.record import TIMING_COLUMNS, EpochRecord
+from dynhp_bench.training.run_folder import COMPLETE_MARKER, RunFolder
+from dynhp_bench.training.trainer import Runtime, Trainer, train
 
 
 def _runtime(root: Path, results: Path) -> Runtime:

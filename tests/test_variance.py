@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio, squared_norm, variance_l1
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.models.variance import GradientTap, RunningAverages, growth_ratio, squared_norm, variance_l1
 
 
 def _brute_force_s_l1(net: GatedMLP, x: torch.Tensor, y: torch.Tensor, gates: list[torch.Tensor]) -> float:

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dynhp_bench import report, views
-from dynhp_bench.baseline import Verdict
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord
+from dynhp_bench.analysis import report
+from dynhp_bench.analysis.baseline import Verdict
+from dynhp_bench.cli import views
+from dynhp_bench.memory import TRAINING_MEMORY_UNIT
+from dynhp_bench.settings.config import TrainConfig
 from dynhp_bench.sweep import Snapshot, TrialView, WorkerPlan, command_line_spec, expand, parse_storage
-from dynhp_bench.train import Runtime
+from dynhp_bench.training.record import EpochRecord
+from dynhp_bench.training.trainer import Runtime
 from tests.test_report import make_run
 
 WIDTH = 80

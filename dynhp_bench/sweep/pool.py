@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dynhp_bench
-from dynhp_bench.data import check_dataset, dataset_folder, dataset_spec, load_dataset, resolve_data_dir
+from dynhp_bench.data.datasets import check_dataset, dataset_folder, dataset_spec, load_dataset, resolve_data_dir
 from dynhp_bench.errors import DataError
 from dynhp_bench.sweep.progress import Snapshot, snapshot
 from dynhp_bench.sweep.spec import Sweep

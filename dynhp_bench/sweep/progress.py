@@ -10,10 +10,10 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dynhp_bench.results import EPOCHS_FILE, run_path
 from dynhp_bench.sweep.spec import ResolvedGroup
 from dynhp_bench.sweep.storage import FAILED_ATTR
 from dynhp_bench.sweep.worker import REUSED_ATTR, FinishedRuns, WorkerPlan, complete_search_trials, run_ids_of
+from dynhp_bench.training.run_folder import EPOCHS_FILE, run_path
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from dynhp_bench.config import (
+from dynhp_bench.errors import SettingsError, shown
+from dynhp_bench.settings.config import (
     ALIASES,
     MAX_SEED,
     TrainConfig,
@@ -30,7 +31,6 @@ from dynhp_bench.config import (
     resolve_config,
     toml_type,
 )
-from dynhp_bench.errors import SettingsError, shown
 
 # The parameters a sweep may vary, with the type of their values.
 SWEEPABLE: dict[str, type] = {"lambda": float, "gamma": float, "alpha_bs": float, "batch_size": int}

@@ -31,9 +31,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from dynhp_bench.config import TrainConfig
 from dynhp_bench.errors import DataError, SettingsError
-from dynhp_bench.results import RunFolder, run_path
+from dynhp_bench.settings.config import TrainConfig
 from dynhp_bench.sweep.spec import Point, ResolvedGroup, Search, Sweep, value_setting
 from dynhp_bench.sweep.storage import (
     DEFAULT_HEARTBEAT_S,
@@ -43,7 +42,8 @@ from dynhp_bench.sweep.storage import (
     Store,
     open_store,
 )
-from dynhp_bench.train import Runtime, train
+from dynhp_bench.training.run_folder import RunFolder, run_path
+from dynhp_bench.training.trainer import Runtime, train
 
 POLL_S = 1.0
 DONE = "done"

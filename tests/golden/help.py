@@ -13,7 +13,7 @@ from unittest import mock
 
 from typer.testing import CliRunner
 
-from dynhp_bench.cli import app
+from dynhp_bench.cli.commands import app
 
 WIDTH = 100
 

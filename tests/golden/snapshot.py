@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dynhp_bench.config import PROFILES, TrainConfig
-from dynhp_bench.data import write_synthetic_dataset
+from dynhp_bench.data.datasets import write_synthetic_dataset
+from dynhp_bench.settings.config import PROFILES, TrainConfig
 from dynhp_bench.sweep.spec import expand, read_sweep_file
-from dynhp_bench.train import Runtime, train
+from dynhp_bench.training.trainer import Runtime, train
 
 SWEEPS = Path(__file__).resolve().parents[2] / "sweeps"
 # Columns of epochs.csv that are integers (held exactly) and floats (held to a relative 1e-6: compiled loops on

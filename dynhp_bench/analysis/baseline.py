@@ -23,9 +23,9 @@ from typing import Any
 import pandas as pd
 
 from dynhp_bench import __version__
+from dynhp_bench.analysis.report import CONFIG_KEY, EXTRA_KEY, configurations
 from dynhp_bench.errors import ResultsError
-from dynhp_bench.report import CONFIG_KEY, EXTRA_KEY, configurations
-from dynhp_bench.results import read_json, write_json_atomic
+from dynhp_bench.training.run_folder import read_json, write_json_atomic
 
 FORMAT = "dynhp-bench-baseline"
 VERSION = 1

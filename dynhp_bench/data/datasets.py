@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import torch
 
-from dynhp_bench import cifar
+from dynhp_bench.data import cifar
 from dynhp_bench.errors import DataError, SettingsError
 
 DATA_ENV = "DYNHP_DATA"

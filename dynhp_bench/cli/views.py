@@ -15,12 +15,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, ProgressColumn, TaskID, TextColumn
 from rich.table import Column, Table
 
-from dynhp_bench import report
-from dynhp_bench.baseline import Verdict
-from dynhp_bench.bench import REFERENCE_PATHS, Target
-from dynhp_bench.estimate import Estimate
-from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord, to_mb
+from dynhp_bench.analysis import report
+from dynhp_bench.analysis.baseline import Verdict
+from dynhp_bench.analysis.bench import REFERENCE_PATHS, Target
+from dynhp_bench.memory import TRAINING_MEMORY_UNIT, to_mb
 from dynhp_bench.sweep import Snapshot, TrialView, WorkerPlan, epochs_done, group_results
+from dynhp_bench.sweep.estimate import Estimate
+from dynhp_bench.training.record import EpochRecord
 
 # Tables are wide: off a terminal (logs, CI) rich would wrap them at 80 columns.
 out_console = Console(width=None if sys.stdout.isatty() else 160)

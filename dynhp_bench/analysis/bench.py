@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import Dataset
-from dynhp_bench.metrics import epoch_flops, layer_shapes, weight_count
-from dynhp_bench.train import STEP_KINDS, Trainer, flushing_subnormals
+from dynhp_bench.data.datasets import Dataset
+from dynhp_bench.memory import epoch_flops, layer_shapes, weight_count
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.trainer import STEP_KINDS, Trainer, flushing_subnormals
 
 CASES = ("plain", "plain_ieee", "sp", "hp", "hp20", "dynhp")
 TRAINER_CASES = CASES[2:]
@@ -307,7 +307,7 @@ def train_peak_rss_bytes(data_dir: Path, *, dataset: str = "mnist", threads: int
             command += ["--threads", str(threads)]
         subprocess.run(command, check=True, capture_output=True, text=True)
         summary = json.loads(next(Path(out).glob("runs/*/summary.json")).read_text())
-    probe = "import torch; from dynhp_bench.metrics import peak_rss_bytes; print(peak_rss_bytes())"
+    probe = "import torch; from dynhp_bench.training.record import peak_rss_bytes; print(peak_rss_bytes())"
     baseline = int(subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout)
     return {"train_peak_rss_bytes": int(summary["peak_rss_bytes"]), "import_torch_rss_bytes": baseline}
 

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.metrics import BYTES_PER_FLOAT, layer_shapes, weight_count
-from dynhp_bench.network import GatedNetwork
-from dynhp_bench.resnet import DEPTHS, GatedResNet, resnet_weight_count
+from dynhp_bench.memory import BYTES_PER_FLOAT, layer_shapes, weight_count
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.models.network import GatedNetwork
+from dynhp_bench.models.resnet import DEPTHS, GatedResNet, resnet_weight_count
 
 if TYPE_CHECKING:
-    from dynhp_bench.config import TrainConfig
+    from dynhp_bench.settings.config import TrainConfig
 
 DEFAULT_ARCH = "mlp"
 N_CLASSES = 10

@@ -53,11 +53,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from dynhp_bench import data
-from dynhp_bench.architectures import ARCHITECTURES, DEFAULT_ARCH
+from dynhp_bench.data import datasets as data
 from dynhp_bench.errors import SettingsError, shown
-from dynhp_bench.metrics import batch_bytes, layer_shapes, sample_bytes
-from dynhp_bench.strategies import STRATEGIES
+from dynhp_bench.memory import batch_bytes, layer_shapes, sample_bytes
+from dynhp_bench.models.registry import ARCHITECTURES, DEFAULT_ARCH
+from dynhp_bench.pruning.strategies import STRATEGIES
 
 DATASETS = tuple(data.DATASETS)
 STRATEGY_KEYS = tuple(STRATEGIES)

@@ -20,20 +20,22 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from dynhp_bench import __version__, kernels
-from dynhp_bench.architectures import ARCHITECTURES
-from dynhp_bench.augmentation import augmented, column_statistics
-from dynhp_bench.config import MAX_EPOCHS, TrainConfig, check_count
-from dynhp_bench.data import Dataset, input_shape, load_dataset, resolve_data_dir
+from dynhp_bench import __version__
+from dynhp_bench.data.augmentation import augmented, column_statistics
+from dynhp_bench.data.datasets import Dataset, input_shape, load_dataset, resolve_data_dir
 from dynhp_bench.errors import Interrupted, ResultsError, SettingsError
-from dynhp_bench.fastpath import FastStep
-from dynhp_bench.interrupts import StopRequest, stop_on_signals
-from dynhp_bench.metrics import EpochRecord, batch_bytes, memory_mb, peak_rss_bytes, to_mb, training_memory_mb
-from dynhp_bench.network import GatedNetwork
-from dynhp_bench.results import RunFolder, run_path
-from dynhp_bench.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
-from dynhp_bench.threads import check_threads, default_threads
-from dynhp_bench.variance import GradientTap, RunningAverages, growth_ratio
+from dynhp_bench.memory import batch_bytes, memory_mb, to_mb, training_memory_mb
+from dynhp_bench.models.network import GatedNetwork
+from dynhp_bench.models.registry import ARCHITECTURES
+from dynhp_bench.models.variance import GradientTap, RunningAverages, growth_ratio
+from dynhp_bench.pruning.strategies import STRATEGIES, EpochEnd, GrowthStats, MemoryState, Strategy, WeightPruning
+from dynhp_bench.settings.config import MAX_EPOCHS, TrainConfig, check_count
+from dynhp_bench.training import kernels
+from dynhp_bench.training.fast_step import FastStep
+from dynhp_bench.training.interrupts import StopRequest, stop_on_signals
+from dynhp_bench.training.record import EpochRecord, peak_rss_bytes
+from dynhp_bench.training.run_folder import RunFolder, run_path
+from dynhp_bench.training.threads import check_threads, default_threads
 
 DEVICES = ("auto", "cpu", "cuda")
 # `Runtime.step`: the fast path where it covers the network (with its compiled loops where a C compiler is found,

@@ -22,11 +22,11 @@ from typing import Any
 
 import pandas as pd
 
-from dynhp_bench.architectures import DEFAULT_ARCH
-from dynhp_bench.config import DIGEST_OMITTED_AT_DEFAULT
 from dynhp_bench.errors import ResultsError, SettingsError, shown
-from dynhp_bench.metrics import TRAINING_MEMORY_DEFINITION, TRAINING_MEMORY_UNIT
-from dynhp_bench.results import INFERENCE_FILE, RUNS_DIR, SUMMARY_FILE, RunFolder, complete_runs, read_json
+from dynhp_bench.memory import TRAINING_MEMORY_DEFINITION, TRAINING_MEMORY_UNIT
+from dynhp_bench.models.registry import DEFAULT_ARCH
+from dynhp_bench.settings.config import DIGEST_OMITTED_AT_DEFAULT
+from dynhp_bench.training.run_folder import INFERENCE_FILE, RUNS_DIR, SUMMARY_FILE, RunFolder, complete_runs, read_json
 
 PAPER_EPOCHS = 2000
 METHODS = {"SP": "sp", "HP": "hp", "DynHP": "dynhp", "Dense": "dense"}
@@ -216,7 +216,7 @@ def select(
 
 def _at_defaults(config: dict[str, Any]) -> bool:
     """Whether a configuration's settings outside `CONFIG_KEY` are those `train` resolves by default for it."""
-    from dynhp_bench.config import resolve_config
+    from dynhp_bench.settings.config import resolve_config
 
     given: dict[str, object] = {name: config[name] for name in ("dataset", "strategy", "profile")}
     given |= {"batch_size": int(config["batch_size"]), "epochs": int(config["epochs"])}
@@ -593,7 +593,7 @@ def competitors_table(configs: pd.DataFrame, entries: list[tuple[str, dict[str, 
     matches when every setting that tells configurations apart is what `train` resolves for the entry at
     that run length (so the paper's λ and γ, DyPrune's default window and its validation split count).
     """
-    from dynhp_bench.config import resolve_config
+    from dynhp_bench.settings.config import resolve_config
 
     rows = []
     lengths = configs[RUN_LENGTH].drop_duplicates().itertuples(index=False)

@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from dynhp_bench import __version__
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import load_dataset, resolve_data_dir
+from dynhp_bench.data.datasets import load_dataset, resolve_data_dir
 from dynhp_bench.errors import ResultsError, SettingsError
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.metrics import weight_count
-from dynhp_bench.results import CONFIG_FILE, RunFolder, write_bytes_atomic
-from dynhp_bench.train import EVAL_CHUNK
+from dynhp_bench.memory import weight_count
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.run_folder import CONFIG_FILE, RunFolder, write_bytes_atomic
+from dynhp_bench.training.trainer import EVAL_CHUNK
 
 FORMATS = ("safetensors", "onnx")
 FILE_NAMES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}

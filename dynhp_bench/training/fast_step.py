@@ -36,8 +36,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dynhp_bench import kernels
-from dynhp_bench.gates import (
+from dynhp_bench.models.mlp import (
     BETA,
     EPS,
     FOLD_MIN_ROWS_FIRST_LAYER,
@@ -50,10 +49,11 @@ from dynhp_bench.gates import (
     prob_nonzero,
     uniform_noise,
 )
-from dynhp_bench.variance import variance_l1
+from dynhp_bench.models.variance import variance_l1
+from dynhp_bench.training import kernels
 
 if TYPE_CHECKING:
-    from dynhp_bench.train import StepTotals, Trainer
+    from dynhp_bench.training.trainer import StepTotals, Trainer
 
 # d gate / d log α = (ζ − γ)/β · s(1 − s) where the draw is not clamped (s the sigmoid of the draw).
 GATE_SLOPE = (ZETA - GAMMA_HC) / BETA

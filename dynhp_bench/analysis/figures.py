@@ -24,11 +24,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from dynhp_bench.config import default_budget_bytes
-from dynhp_bench.data import input_shape
-from dynhp_bench.errors import ResultsError
-from dynhp_bench.metrics import TRAINING_MEMORY_UNIT, EpochRecord, batch_cap, memory_mb, model_bytes, sample_bytes
-from dynhp_bench.report import (
+from dynhp_bench.analysis.report import (
     DATASET_NAMES,
     RUN_LENGTH,
     configuration_label,
@@ -36,7 +32,12 @@ from dynhp_bench.report import (
     reference_tables,
     select,
 )
-from dynhp_bench.results import RUNS_DIR, RunFolder, write_text_atomic
+from dynhp_bench.data.datasets import input_shape
+from dynhp_bench.errors import ResultsError
+from dynhp_bench.memory import TRAINING_MEMORY_UNIT, batch_cap, memory_mb, model_bytes, sample_bytes
+from dynhp_bench.settings.config import default_budget_bytes
+from dynhp_bench.training.record import EpochRecord
+from dynhp_bench.training.run_folder import RUNS_DIR, RunFolder, write_text_atomic
 
 BEST_BATCH = {("mnist", "sp"): 512, ("fashion", "sp"): 128, ("mnist", "hp"): 100, ("fashion", "hp"): 128}
 BATCH_GRID = (16, 32, 64, 100, 128, 256, 512)

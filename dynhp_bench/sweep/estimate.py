@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.data import Dataset, load_dataset, resolve_data_dir
-from dynhp_bench.metrics import batch_cap
-from dynhp_bench.strategies import STRATEGIES
+from dynhp_bench.data.datasets import Dataset, load_dataset, resolve_data_dir
+from dynhp_bench.memory import batch_cap
+from dynhp_bench.pruning.strategies import STRATEGIES
+from dynhp_bench.settings.config import TrainConfig
 from dynhp_bench.sweep import Sweep, epochs_done
 from dynhp_bench.sweep.worker import FinishedRuns
-from dynhp_bench.threads import default_threads
-from dynhp_bench.train import Runtime, Trainer, train
+from dynhp_bench.training.threads import default_threads
+from dynhp_bench.training.trainer import Runtime, Trainer, train
 
 CALIBRATION_STEPS = 16
 Clock = Callable[[], float]

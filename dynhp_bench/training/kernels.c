@@ -1,4 +1,4 @@
-/* The fast path's fused loops (dynhp_bench/kernels.py compiles this file with the system C compiler).
+/* The fast path's fused loops (dynhp_bench/training/kernels.py compiles this file with the system C compiler).
  *
  * Each function does in one pass over its matrices what the PyTorch-ops fast path does in several: the
  * step's cost at small batches is memory traffic and per-operation overhead, not arithmetic

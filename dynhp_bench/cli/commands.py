@@ -19,9 +19,10 @@ import torch
 import typer
 from rich.markup import escape
 
-from dynhp_bench import __version__, kernels, report
-from dynhp_bench.baseline import compare, junit_xml, read_baseline, write_baseline
-from dynhp_bench.bench import (
+from dynhp_bench import __version__
+from dynhp_bench.analysis import report
+from dynhp_bench.analysis.baseline import compare, junit_xml, read_baseline, write_baseline
+from dynhp_bench.analysis.bench import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_WARM_UP_EPOCHS,
     case_names,
@@ -29,7 +30,25 @@ from dynhp_bench.bench import (
     targets,
     train_peak_rss_bytes,
 )
-from dynhp_bench.config import (
+from dynhp_bench.cli.views import (
+    EpochProgress,
+    SweepProgress,
+    err_console,
+    out_console,
+    plan_line,
+    print_bench,
+    print_check,
+    print_configurations,
+    print_inference,
+    print_lines,
+    print_paper_table,
+    print_run_summary,
+    print_sweep_summary,
+    sweep_header,
+)
+from dynhp_bench.data.datasets import load_dataset, resolve_data_dir
+from dynhp_bench.errors import SHOWN_CHARS, DynhpError, Interrupted, ResultsError, SettingsError
+from dynhp_bench.settings.config import (
     CHOICES,
     DEFAULT_PROFILE,
     MAX_BATCH_SIZE,
@@ -37,20 +56,6 @@ from dynhp_bench.config import (
     PROFILES,
     check_count,
     resolve_config,
-)
-from dynhp_bench.data import load_dataset, resolve_data_dir
-from dynhp_bench.errors import SHOWN_CHARS, DynhpError, Interrupted, ResultsError, SettingsError
-from dynhp_bench.estimate import estimate as estimate_wall
-from dynhp_bench.estimate import runs_left
-from dynhp_bench.results import (
-    CONFIG_FILE,
-    RUNS_DIR,
-    RunFolder,
-    complete_runs,
-    publish_run,
-    run_path,
-    staged_folder,
-    write_text_atomic,
 )
 from dynhp_bench.sweep import (
     COMPETITOR_SWEEPS,
@@ -73,25 +78,22 @@ from dynhp_bench.sweep import (
     run_pool,
     work,
 )
+from dynhp_bench.sweep.estimate import estimate as estimate_wall
+from dynhp_bench.sweep.estimate import runs_left
 from dynhp_bench.sweep.storage import DEFAULT_HEARTBEAT_S, GRACE_HEARTBEATS, repair_journal
-from dynhp_bench.threads import check_threads, split_threads
-from dynhp_bench.train import DEVICES, Runtime, train
-from dynhp_bench.views import (
-    EpochProgress,
-    SweepProgress,
-    err_console,
-    out_console,
-    plan_line,
-    print_bench,
-    print_check,
-    print_configurations,
-    print_inference,
-    print_lines,
-    print_paper_table,
-    print_run_summary,
-    print_sweep_summary,
-    sweep_header,
+from dynhp_bench.training import kernels
+from dynhp_bench.training.run_folder import (
+    CONFIG_FILE,
+    RUNS_DIR,
+    RunFolder,
+    complete_runs,
+    publish_run,
+    run_path,
+    staged_folder,
+    write_text_atomic,
 )
+from dynhp_bench.training.threads import check_threads, split_threads
+from dynhp_bench.training.trainer import DEVICES, Runtime, train
 
 app = typer.Typer(
     name="dynhp-bench",
@@ -745,7 +747,7 @@ def report_command(
                 written.append(out / f"{stem}.md")
                 write_text_atomic(written[-1], report.table_markdown(table, dataset))
                 print_paper_table(table, dataset)
-            from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+            from dynhp_bench.analysis import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
 
             try:
                 drawn = figures.write_figures(configs, out)
@@ -765,7 +767,7 @@ def report_command(
         written += _write_competitors(configs, out)
         written += _write_own_tables(configs, out)
         if calibration:
-            from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+            from dynhp_bench.analysis import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
 
             png = figures.write_calibration(results, out)
             written += [png, png.with_suffix(".csv"), png.with_name(f"{png.stem}_table.csv")]
@@ -787,7 +789,7 @@ def _write_own_tables(configs: pd.DataFrame, out: Path) -> list[Path]:
 
 def _write_competitors(configs: pd.DataFrame, out: Path) -> list[Path]:
     """competitors_<dataset>.{csv,md} from the competitors sweep files, and Figure 8 for each dataset with runs."""
-    from dynhp_bench import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
+    from dynhp_bench.analysis import figures  # matplotlib costs ~0.4 s at start-up: only `report` needs it
 
     written = []
     for dataset, name in COMPETITOR_SWEEPS.items():
@@ -849,7 +851,7 @@ def export_command(
 
     Gates folded, pruned units gone, raw pixels in, logits out.
     """
-    from dynhp_bench.export import LOGIT_TOLERANCE, export_run  # onnx and onnxruntime load only for this
+    from dynhp_bench.deploy.export import LOGIT_TOLERANCE, export_run  # onnx and onnxruntime load only for this
 
     _set_threads(threads)
     result = export_run(run_dir, format_, out=out, data_dir=data_dir)
@@ -989,8 +991,8 @@ def bench_command(
 
 
 def _bench_inference(run_dirs: Sequence[Path], *, out: Path, threads: int | None, repeats: int) -> None:
-    from dynhp_bench import inference  # onnx and onnxruntime load only for this
-    from dynhp_bench.export import load_final_network
+    from dynhp_bench.deploy import inference  # onnx and onnxruntime load only for this
+    from dynhp_bench.deploy.export import load_final_network
 
     _set_threads(threads)
     models = [inference.inference_model(run_dir) for run_dir in run_dirs]

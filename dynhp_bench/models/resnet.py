@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynhp_bench.gates import (
+from dynhp_bench.memory import BYTES_PER_FLOAT
+from dynhp_bench.models.mlp import (
     LOG_ALPHA_MAX,
     LOG_ALPHA_MIN,
     _add_grad,
@@ -39,11 +40,10 @@ from dynhp_bench.gates import (
     sample_gates,
     uniform_noise,
 )
-from dynhp_bench.metrics import BYTES_PER_FLOAT
-from dynhp_bench.network import GatedNetwork, Removal
+from dynhp_bench.models.network import GatedNetwork, Removal
 
 if TYPE_CHECKING:
-    from dynhp_bench.variance import GradientTap
+    from dynhp_bench.models.variance import GradientTap
 
 STAGE_CHANNELS = (16, 32, 64)
 KERNEL = 3

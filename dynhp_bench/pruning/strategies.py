@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.metrics import batch_cap
-from dynhp_bench.network import GatedNetwork
+from dynhp_bench.memory import batch_cap
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.models.network import GatedNetwork
 
 if TYPE_CHECKING:
-    from dynhp_bench.config import TrainConfig
+    from dynhp_bench.settings.config import TrainConfig
 
 GATE_SETTINGS = ("lam", "gate_draws", "lambda_scaling")
 DYPRUNE_SETTINGS = (
@@ -70,7 +70,7 @@ class WeightPruning:
 @dataclass(frozen=True)
 class MemoryState:
     """The memory side of Eq. 9-10, after this epoch's pruning; `sample_bytes` is one training sample's bytes in
-    the paper's metric (`metrics.sample_bytes`: 4 · 784 for MNIST)."""
+    the paper's metric (`memory.sample_bytes`: 4 · 784 for MNIST)."""
 
     budget_bytes: int | None
     model_bytes: int

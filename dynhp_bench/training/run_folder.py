@@ -33,10 +33,10 @@ from typing import Any
 
 import pandas as pd
 
-from dynhp_bench.checkpoint import load_checkpoint, new_file_mode, save_checkpoint
-from dynhp_bench.config import TrainConfig
 from dynhp_bench.errors import ResultsError, SettingsError
-from dynhp_bench.metrics import EpochRecord
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.checkpoint import load_checkpoint, new_file_mode, save_checkpoint
+from dynhp_bench.training.record import EpochRecord
 
 RUNS_DIR = "runs"
 CONFIG_FILE = "config.json"

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from dynhp_bench.metrics import BYTES_PER_FLOAT
+from dynhp_bench.memory import BYTES_PER_FLOAT
 
 if TYPE_CHECKING:
-    from dynhp_bench.variance import GradientTap
+    from dynhp_bench.models.variance import GradientTap
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class GatedNetwork(nn.Module):
         raise NotImplementedError
 
     def held_units(self) -> list[int]:
-        """The three `active_k` columns of the epoch record (see `metrics.EpochRecord`)."""
+        """The three `active_k` columns of the epoch record (see `training.record.EpochRecord`)."""
         raise NotImplementedError
 
     def expected_units(self, rates: Sequence[torch.Tensor] | None) -> list[float]:
@@ -128,7 +128,7 @@ class GatedNetwork(nn.Module):
         raise NotImplementedError
 
     def footprint_bytes(self, batch_size: int, *, masked: bool = False) -> int:
-        """What training holds at this batch size (parameters ×4, activations, batch): see metrics.py."""
+        """What training holds at this batch size (parameters ×4, activations, batch): see memory.py."""
         raise NotImplementedError
 
     def model_bytes(self) -> int:

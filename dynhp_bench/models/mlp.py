@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dynhp_bench import metrics
-from dynhp_bench.network import GatedNetwork, Removal
-from dynhp_bench.variance import squared_norm, variance_l1
+from dynhp_bench import memory
+from dynhp_bench.models.network import GatedNetwork, Removal
+from dynhp_bench.models.variance import squared_norm, variance_l1
 
 if TYPE_CHECKING:
-    from dynhp_bench.variance import GradientTap
+    from dynhp_bench.models.variance import GradientTap
 
 BETA = 2.0 / 3.0
 GAMMA_HC = -0.1
@@ -313,8 +313,8 @@ class GatedMLP(GatedNetwork):
         return [float(r.sum()) for r in rates] if rates is not None else [float(n) for n in self.unit_counts()]
 
     def footprint_bytes(self, batch_size: int, *, masked: bool = False) -> int:
-        """`metrics.footprint_bytes` of the layers as they are now."""
-        return metrics.footprint_bytes(self.shapes, batch_size, gated=self.gated, masked=masked)
+        """`memory.footprint_bytes` of the layers as they are now."""
+        return memory.footprint_bytes(self.shapes, batch_size, gated=self.gated, masked=masked)
 
     def variance_l1(
         self, tap: GradientTap, x: torch.Tensor, y: torch.Tensor, gates: Sequence[torch.Tensor] | None

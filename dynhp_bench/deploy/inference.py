@@ -16,8 +16,7 @@ from typing import Any
 
 import torch
 
-from dynhp_bench.config import TrainConfig
-from dynhp_bench.export import (
+from dynhp_bench.deploy.export import (
     FILE_NAMES,
     FORMATS,
     ExportedNet,
@@ -30,8 +29,9 @@ from dynhp_bench.export import (
     to_onnx,
     to_safetensors,
 )
-from dynhp_bench.gates import GatedMLP
-from dynhp_bench.results import INFERENCE_FILE, write_json_atomic
+from dynhp_bench.models.mlp import GatedMLP
+from dynhp_bench.settings.config import TrainConfig
+from dynhp_bench.training.run_folder import INFERENCE_FILE, write_json_atomic
 
 INFERENCE_BATCH = 256
 
