@@ -63,7 +63,7 @@ RUN_LENGTH = ["profile", "epochs", "subset"]
 
 def reference_tables() -> pd.DataFrame:
     """The paper's Tables 2-3 (a copy of shared/paper/reference_tables.csv inside the package)."""
-    text = resources.files("dynhp_bench").joinpath("reference_tables.csv").read_text(encoding="utf-8")
+    text = resources.files("dynhp_bench.analysis").joinpath("reference_tables.csv").read_text(encoding="utf-8")
     frame = pd.read_csv(io.StringIO(text))
     frame["strategy"] = frame["method"].map(METHODS)
     return frame
