@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from dynhp_bench.memory import (
-    EpochRecord,
     batch_bytes,
     batch_cap,
     epoch_flops,
@@ -19,6 +18,7 @@ from dynhp_bench.memory import (
     training_memory_mb,
     weight_count,
 )
+from dynhp_bench.training.record import EpochRecord
 
 MNIST_SAMPLE = sample_bytes((1, 28, 28))
 
